@@ -1,0 +1,157 @@
+"""The `ftkit` command: a dict of subcommands, each a thin call into the engine."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from ftkit.errors import FtkitError
+
+
+def cmd_train(argv: list[str]) -> int:
+    from ftkit.config import RunConfig, help_text, parse_overrides
+
+    if "-h" in argv or "--help" in argv:
+        print("usage: ftkit train [CONFIG.yaml] [key=value | --key value ...]\n\n"
+              "Fine-tune as the config says; flags and key=value override its keys.\n\nkeys:\n" + help_text())
+        return 0
+    source, rest = ({}, argv)
+    if argv and not argv[0].startswith("--") and "=" not in argv[0]:
+        source, rest = Path(argv[0]), argv[1:]
+    cfg = RunConfig.from_any(source, parse_overrides(rest))
+    import ftkit
+
+    run = ftkit.train(cfg)
+    if run.stopped:
+        print(f"stopped early; what was trained is saved in {run.adapter_dir}", file=sys.stderr)
+        return 130
+    return 0
+
+
+def cmd_merge(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="ftkit merge", description="Fold a LoRA adapter into its base model.")
+    p.add_argument("--adapter", required=True, help="adapter folder, or the run's output_dir")
+    p.add_argument("--out", help="merged model folder (default: <run>/merged)")
+    a = p.parse_args(argv)
+    import ftkit
+
+    ftkit.merge(a.adapter, out=a.out)
+    return 0
+
+
+def cmd_chat(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="ftkit chat", description="Talk to a model: one answer, or a REPL.")
+    p.add_argument("--model", required=True, help="model folder (a merged run, a base model, or tiny)")
+    p.add_argument("--adapter", help="LoRA adapter folder (or run folder) to apply")
+    p.add_argument("--prompt", help="answer this once and exit (default: interactive)")
+    p.add_argument("--template", help="chat template (default: the run's, else the tokenizer's)")
+    p.add_argument("--system", help="system message")
+    p.add_argument("--max_new_tokens", type=int, default=256)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--top_p", type=float, default=None)
+    a = p.parse_args(argv)
+    from ftkit.generate import generate
+
+    sampling = {"temperature": a.temperature} if a.temperature > 0 else {}
+    if a.top_p is not None:
+        sampling["top_p"] = a.top_p
+    ask = lambda msgs: generate(a.model, msgs, adapter=a.adapter, template=a.template,  # noqa: E731
+                                max_new_tokens=a.max_new_tokens, system=a.system, **sampling)
+    if a.prompt is not None:
+        print(ask(a.prompt))
+        return 0
+    print("ftkit chat: type a message; 'clear' forgets the conversation, 'exit' or Ctrl-D quits.")
+    history: list[dict] = []
+    while True:
+        try:
+            text = input("you> ").strip()
+        except EOFError:
+            print()
+            return 0
+        if text in ("exit", "quit"):
+            return 0
+        if text == "clear":
+            history = []
+            continue
+        if text:
+            history.append({"role": "user", "content": text})
+            answer = ask(history)
+            history.append({"role": "assistant", "content": answer})
+            print(f"model> {answer}")
+
+
+def cmd_convert(argv: list[str]) -> int:
+    from ftkit.data import FORMATS
+
+    p = argparse.ArgumentParser(prog="ftkit convert",
+                                description="Rewrite a data file in the seed's conversation format.")
+    p.add_argument("--input", required=True)
+    p.add_argument("--output", required=True)
+    p.add_argument("--from", dest="source", default="auto", choices=["auto", *FORMATS])
+    a = p.parse_args(argv)
+    from ftkit.data import convert
+
+    n = convert(a.input, a.output, a.source)
+    print(f"wrote {n} conversations to {a.output}")
+    return 0
+
+
+def cmd_models(argv: list[str]) -> int:
+    from ftkit.templates import TEMPLATES, VERIFIED_ARCHITECTURES
+
+    print("architectures verified end to end (train, merge, generate) by ftkit's tests:")
+    for arch, (template, note) in VERIFIED_ARCHITECTURES.items():
+        print(f"  {arch:<12} template {template:<9} {note}")
+    print("\nbuilt-in chat templates (template: NAME; `auto` uses the tokenizer's own):")
+    for t in TEMPLATES.values():
+        print(f"  {t.name:<10} {t.family}")
+    return 0
+
+
+def cmd_demo(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="ftkit demo", description="Fine-tune the embedded tiny model on the "
+                                "bilingual demo set, merge it, and compare answers before and after.")
+    p.add_argument("--out", default="outputs/demo")
+    p.add_argument("--epochs", type=float, default=None)
+    a = p.parse_args(argv)
+    from ftkit.demo import demo
+
+    demo(a.out, epochs=a.epochs)
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "merge": cmd_merge, "chat": cmd_chat, "convert": cmd_convert,
+            "models": cmd_models, "demo": cmd_demo}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        if argv and argv[0] not in ("-h", "--help"):
+            print(f"ftkit: unknown command {argv[0]!r}", file=sys.stderr)
+        print("usage: ftkit {" + ",".join(COMMANDS) + "} ... [--debug]\n"
+              "  train    fine-tune from a YAML config and/or --key value flags\n"
+              "  merge    fold a LoRA adapter into its base model\n"
+              "  chat     answer a prompt, or chat, with a model (+ adapter)\n"
+              "  convert  rewrite alpaca/sharegpt/openai/moss/chatglm3/qwen data as conversations\n"
+              "  models   verified architectures and built-in chat templates\n"
+              "  demo     the whole loop on the embedded tiny model, offline, in a few minutes")
+        return 0 if not argv or argv[0] in ("-h", "--help") else 2
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    try:
+        return COMMANDS[argv[0]](argv[1:])
+    except FtkitError as e:
+        if debug:
+            raise
+        print(f"ftkit {argv[0]}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

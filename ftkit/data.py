@@ -1,0 +1,417 @@
+"""Data: read files, recognise record shapes, convert to messages, tokenize with labels.
+
+The canonical form of one example is a list of messages
+``[{"role": "system"|"user"|"assistant", "content": str}, ...]``. Every record
+shape in `FORMATS` converts to it; `ftkit convert` writes it back out in the
+seed tutorial's ``{"conversation": [...]}`` shape. A file whose records cannot
+all be read is refused with the file, record index and reason.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import random
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from ftkit.errors import DataError
+
+ROLES = ("system", "user", "assistant")
+SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
+                  "chatgpt": "assistant", "bard": "assistant", "bing": "assistant", "system": "system"}
+MAX_LISTED = 10  # problems listed in one error; the rest are counted
+
+
+# ---- record shapes -----------------------------------------------------------
+
+def _role_content(items, where: str) -> list[dict]:
+    if not isinstance(items, list):
+        raise ValueError(f"{where} must be a list of messages")
+    out = []
+    for j, m in enumerate(items):
+        if not isinstance(m, dict) or "role" not in m or "content" not in m:
+            raise ValueError(f"{where}[{j}] needs 'role' and 'content'")
+        out.append({"role": m["role"], "content": m["content"]})
+    return out
+
+
+def _from_value(items, where: str, roles: dict) -> list[dict]:
+    if not isinstance(items, list):
+        raise ValueError(f"{where} must be a list of turns")
+    out = []
+    for j, m in enumerate(items):
+        if not isinstance(m, dict) or "from" not in m or "value" not in m:
+            raise ValueError(f"{where}[{j}] needs 'from' and 'value'")
+        role = roles.get(m["from"])
+        if role is None:
+            raise ValueError(f"{where}[{j}]: unknown speaker {m['from']!r}; expected one of {', '.join(roles)}")
+        out.append({"role": role, "content": m["value"]})
+    return out
+
+
+def _with_system(rec: dict, msgs: list[dict]) -> list[dict]:
+    system = rec.get("system")
+    if system and not (msgs and msgs[0]["role"] == "system"):
+        return [{"role": "system", "content": system}] + msgs
+    return msgs
+
+
+def from_conversation(rec: dict) -> list[dict]:
+    return _with_system(rec, _role_content(rec["conversation"], "conversation"))
+
+
+def from_openai(rec: dict) -> list[dict]:
+    return _role_content(rec["messages"], "messages")
+
+
+def from_sharegpt(rec: dict) -> list[dict]:
+    return _with_system(rec, _from_value(rec["conversations"], "conversations", SHAREGPT_ROLES))
+
+
+def from_qwen(rec: dict) -> list[dict]:
+    roles = {"user": "user", "assistant": "assistant", "system": "system"}
+    return _with_system(rec, _from_value(rec["conversations"], "conversations", roles))
+
+
+def from_chatglm3(rec: dict) -> list[dict]:
+    msgs = _role_content(rec["conversations"], "conversations")
+    for j, m in enumerate(msgs):
+        if m["role"] in ("observation", "tool"):
+            raise ValueError(f"conversations[{j}]: tool calls (role {m['role']!r}) are not supported for training")
+    return msgs
+
+
+def from_alpaca(rec: dict) -> list[dict]:
+    msgs = []
+    for j, pair in enumerate(rec.get("history") or []):
+        if not (isinstance(pair, (list, tuple)) and len(pair) == 2):
+            raise ValueError(f"history[{j}] must be a [question, answer] pair")
+        msgs += [{"role": "user", "content": pair[0]}, {"role": "assistant", "content": pair[1]}]
+    prompt = rec["instruction"]
+    if rec.get("input"):
+        prompt = f"{prompt}\n{rec['input']}" if prompt else rec["input"]
+    msgs += [{"role": "user", "content": prompt}, {"role": "assistant", "content": rec.get("output")}]
+    return _with_system(rec, msgs)
+
+
+_MOSS_MARK = re.compile(r"^\s*<\|(?:Human|MOSS)\|>:\s?|<e[a-z]{2}>\s*$")
+
+
+def from_moss(rec: dict) -> list[dict]:
+    chat = rec["chat"]
+    if not isinstance(chat, dict):
+        raise ValueError("chat must map turn_1, turn_2, ... to turns")
+    msgs = []
+    if rec.get("meta_instruction"):
+        msgs.append({"role": "system", "content": rec["meta_instruction"].strip()})
+    for name in sorted(chat, key=lambda k: int(re.sub(r"\D", "", k) or 0)):
+        turn = chat[name]
+        if not isinstance(turn, dict) or "Human" not in turn or "MOSS" not in turn:
+            raise ValueError(f"chat.{name} needs 'Human' and 'MOSS'")
+        for key, role in (("Human", "user"), ("MOSS", "assistant")):
+            text = turn[key]
+            msgs.append({"role": role, "content": _MOSS_MARK.sub("", text) if isinstance(text, str) else text})
+    return msgs
+
+
+def _is_from_value(rec, roles) -> bool:
+    conv = rec.get("conversations")
+    return isinstance(conv, list) and bool(conv) and all(isinstance(m, dict) and "from" in m for m in conv) \
+        and all(m["from"] in roles for m in conv)
+
+
+@dataclass(frozen=True)
+class Format:
+    name: str
+    detect: Callable[[dict], bool]
+    convert: Callable[[dict], list[dict]]
+    example: str
+
+
+# Detection order matters: the first match names the file's format.
+FORMATS: dict[str, Format] = {f.name: f for f in [
+    Format("conversation", lambda r: "conversation" in r, from_conversation,
+           '{"conversation": [{"role": "user", "content": ...}, {"role": "assistant", "content": ...}]}'),
+    Format("openai", lambda r: "messages" in r, from_openai,
+           '{"messages": [{"role": "system|user|assistant", "content": ...}]}'),
+    Format("qwen", lambda r: "id" in r and _is_from_value(r, ("user", "assistant", "system")), from_qwen,
+           '{"id": ..., "conversations": [{"from": "user", "value": ...}, {"from": "assistant", "value": ...}]}'),
+    Format("sharegpt", lambda r: isinstance(r.get("conversations"), list) and any(
+        isinstance(m, dict) and "from" in m for m in r["conversations"]), from_sharegpt,
+           '{"conversations": [{"from": "human", "value": ...}, {"from": "gpt", "value": ...}]}'),
+    Format("chatglm3", lambda r: isinstance(r.get("conversations"), list) and any(
+        isinstance(m, dict) and "role" in m for m in r["conversations"]), from_chatglm3,
+           '{"conversations": [{"role": "user", "content": ...}, {"role": "assistant", "content": ...}]}'),
+    Format("alpaca", lambda r: "instruction" in r and "output" in r, from_alpaca,
+           '{"instruction": ..., "input": ..., "output": ..., "system"?: ..., "history"?: [[q, a], ...]}'),
+    Format("moss", lambda r: "chat" in r, from_moss,
+           '{"meta_instruction": ..., "chat": {"turn_1": {"Human": "<|Human|>: ...<eoh>", "MOSS": "<|MOSS|>: ...<eom>"}}}'),
+]}
+
+
+def detect_format(rec) -> str | None:
+    if not isinstance(rec, dict):
+        return None
+    return next((f.name for f in FORMATS.values() if f.detect(rec)), None)
+
+
+def check_messages(msgs: list[dict]) -> str | None:
+    """None if the conversation can be trained on, else the reason."""
+    if not msgs:
+        return "no messages"
+    for j, m in enumerate(msgs):
+        if m["role"] not in ROLES:
+            return f"message {j}: unknown role {m['role']!r}; expected system, user or assistant"
+        if not isinstance(m["content"], str):
+            return f"message {j} ({m['role']}): content must be text, got {type(m['content']).__name__}"
+        if m["role"] == "system" and j:
+            return f"message {j}: a system message may only come first"
+    turns = msgs[1:] if msgs[0]["role"] == "system" else msgs
+    for j, m in enumerate(turns):
+        expected = "user" if j % 2 == 0 else "assistant"
+        if m["role"] != expected:
+            k = j + len(msgs) - len(turns)
+            return f"message {k}: expected a {expected} turn, got {m['role']} (turns must alternate user, assistant)"
+        if not m["content"].strip():
+            return f"message {j + len(msgs) - len(turns)} ({m['role']}): empty content"
+    if not any(m["role"] == "assistant" for m in turns):
+        return "no assistant turn: nothing to learn from"
+    if turns[-1]["role"] != "assistant":
+        return "ends with a user turn; the last message must be the assistant's answer"
+    return None
+
+
+# ---- files -------------------------------------------------------------------
+
+def read_records(path: Path) -> list:
+    """Raw records of a .json, .jsonl, .csv or .parquet file."""
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.read_table(path).to_pylist()
+    text = path.read_text(encoding="utf-8-sig")
+    if not text.strip():
+        raise DataError(f"{path}: the file is empty")
+    if suffix == ".csv":
+        rows = list(csv.DictReader(text.splitlines()))
+        for row in rows:  # columns holding JSON lists (messages, conversation, history) are parsed
+            for k, v in row.items():
+                if isinstance(v, str) and v.lstrip().startswith(("[", "{")):
+                    try:
+                        row[k] = json.loads(v)
+                    except json.JSONDecodeError:
+                        pass
+        return rows
+    if suffix == ".jsonl":
+        records = []
+        for n, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise DataError(f"{path}: line {n}: invalid JSON ({e.msg} at column {e.colno})") from None
+        return records
+    if suffix == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            hint = "; one object per line? name the file .jsonl" if e.msg == "Extra data" else ""
+            raise DataError(f"{path}: line {e.lineno}: invalid JSON ({e.msg} at column {e.colno}){hint}") from None
+        if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list):
+            data = next(iter(data.values()))  # {"data": [...]}
+        if not isinstance(data, list):
+            raise DataError(f"{path}: expected a JSON list of records, got {type(data).__name__}")
+        return data
+    raise DataError(f"{path}: unsupported file type {suffix or '(none)'}; use .json, .jsonl, .csv or .parquet")
+
+
+def load_conversations(path: Path, formatting: str = "auto", columns: dict | None = None) -> list[list[dict]]:
+    """Every record of a file as messages; refuses the file if any record is bad."""
+    records = read_records(path)
+    if not records:
+        raise DataError(f"{path}: no records")
+    if columns:  # dataset_info.json may rename columns: {"prompt": "question", ...} -> canonical names
+        canon = {"prompt": "instruction", "query": "input", "response": "output", "messages": "conversations"}
+        records = [{canon.get(k, k): r.get(v) for k, v in columns.items()} | {
+            k: v for k, v in r.items() if k not in columns.values()} if isinstance(r, dict) else r for r in records]
+    if formatting == "auto":
+        formatting = detect_format(records[0])
+        if formatting is None:
+            raise DataError(f"{path}: record 0: unrecognised shape (keys: {_keys(records[0])}); "
+                            "expected one of:\n" + "\n".join(f"    {f.name}: {f.example}" for f in FORMATS.values()))
+    elif formatting not in FORMATS:
+        raise DataError(f"formatting: unknown format {formatting!r}; choose auto or {', '.join(FORMATS)}")
+    fmt, out, problems = FORMATS[formatting], [], []
+    for i, rec in enumerate(records):
+        try:
+            if not isinstance(rec, dict):
+                raise ValueError(f"expected an object, got {type(rec).__name__}")
+            if not fmt.detect(rec):
+                other = detect_format(rec)
+                raise ValueError(f"looks like {other} but this file is {formatting} (mixed formats in one file)"
+                                 if other else f"not a {formatting} record (keys: {_keys(rec)})")
+            msgs = fmt.convert(rec)
+            reason = check_messages(msgs)
+            if reason:
+                raise ValueError(reason)
+            out.append(msgs)
+        except (ValueError, KeyError, TypeError) as e:
+            problems.append(f"record {i}: {e if not isinstance(e, KeyError) else f'missing key {e}'}")
+    if problems:
+        more = [f"... and {len(problems) - MAX_LISTED} more"] if len(problems) > MAX_LISTED else []
+        raise DataError(problems[:MAX_LISTED] + more,
+                        title=f"{path}: {len(problems)} of {len(records)} records cannot be used")
+    return out
+
+
+def _keys(rec) -> str:
+    return ", ".join(sorted(rec)) if isinstance(rec, dict) else type(rec).__name__
+
+
+def bundled_data_dir() -> Path:
+    """The data/ folder shipped with ftkit (in the wheel, or the repository for editable installs)."""
+    here = Path(__file__).resolve().parent
+    for d in (here / "_data", here.parent / "data"):
+        if (d / "dataset_info.json").exists():
+            return d
+    return here.parent / "data"
+
+
+@dataclass
+class Source:
+    name: str
+    path: Path
+    formatting: str = "auto"
+    columns: dict | None = None
+
+
+def resolve_dataset(name: str, dataset_dir: str | Path = "data") -> Source:
+    """A dataset name -> its file: a path, a file in dataset_dir, or a dataset_info.json entry."""
+    candidates = [Path(name), Path(dataset_dir) / name]
+    for p in candidates:
+        if p.is_file():
+            return Source(name, p)
+    known = {}
+    for d in dict.fromkeys([Path(dataset_dir), bundled_data_dir()]):
+        info_path = d / "dataset_info.json"
+        if info_path.exists():
+            try:
+                info = json.loads(info_path.read_text(encoding="utf-8"))
+            except json.JSONDecodeError as e:
+                raise DataError(f"{info_path}: line {e.lineno}: invalid JSON ({e.msg})") from None
+            for key, entry in info.items():
+                known.setdefault(key, (d, entry))
+    if name in known:
+        d, entry = known[name]
+        if "file_name" not in entry:
+            raise DataError(f"{d / 'dataset_info.json'}: entry {name!r} has no file_name")
+        return Source(name, d / entry["file_name"], entry.get("formatting", "auto"), entry.get("columns"))
+    listed = ", ".join(sorted(known)) or "(no dataset_info.json found)"
+    raise DataError(f"dataset: {name!r} is neither a file nor a name in dataset_info.json "
+                    f"(looked in {dataset_dir}/ and the bundled data); known names: {listed}")
+
+
+def convert(input: str | Path, output: str | Path, source_format: str = "auto") -> int:
+    """Write any supported shape as the seed's conversation format; returns the record count."""
+    convs = load_conversations(Path(input), source_format)
+    out = Path(output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    records = [{"conversation": c} for c in convs]
+    out.write_text(json.dumps(records, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+    return len(records)
+
+
+# ---- tokenization --------------------------------------------------------------
+
+IGNORE = -100
+
+
+@dataclass
+class Stats:
+    examples: int = 0
+    tokens: int = 0
+    trained_tokens: int = 0
+    truncated_turns: int = 0    # records that lost whole trailing turns to cutoff_len
+    truncated_answer: int = 0   # records whose only answer was cut mid-way (it loses its end-of-turn)
+    dropped: int = 0            # records with no trained token left after truncation
+    eot_trained: bool = False
+    lengths: list[int] = field(default_factory=list)
+
+
+def encode(conversations: list[list[dict]], tokenizer, template, cutoff_len: int,
+           train_on_prompt: bool = False, stats: Stats | None = None) -> tuple[list[dict], Stats]:
+    """Tokenize whole rendered texts once (batched) and label the tokens of trained spans."""
+    stats = stats or Stats()
+    if not conversations:
+        return [], stats
+    rendered = [template.render(c) for c in conversations]
+    enc = tokenizer([r.text for r in rendered], add_special_tokens=False, return_offsets_mapping=True)
+    eot_ids = _single_token_ids(tokenizer, template.stop)
+    examples = []
+    for r, ids, offsets in zip(rendered, enc["input_ids"], enc["offset_mapping"]):
+        trained = [train_on_prompt or any(s < e_ and b < e for b, e_ in r.spans) for s, e in offsets]
+        if len(ids) > cutoff_len:
+            ends = [i + 1 for i in range(cutoff_len) if trained[i] and (i + 1 == len(ids) or not trained[i + 1])]
+            if ends and not train_on_prompt:
+                cut, stats.truncated_turns = ends[-1], stats.truncated_turns + 1  # keep whole answers
+            else:
+                cut, stats.truncated_answer = cutoff_len, stats.truncated_answer + 1
+            ids, trained = ids[:cut], trained[:cut]
+        labels = [t if keep else IGNORE for t, keep in zip(ids, trained)]
+        n_trained = sum(keep for keep in trained)
+        if not n_trained:
+            stats.dropped += 1
+            continue
+        stats.examples += 1
+        stats.tokens += len(ids)
+        stats.trained_tokens += n_trained
+        stats.lengths.append(len(ids))
+        stats.eot_trained = stats.eot_trained or any(l in eot_ids for l in labels)
+        examples.append({"input_ids": ids, "labels": labels})
+    if not stats.eot_trained and eot_ids is None:  # end-of-turn is not one token: look at the trained text
+        stats.eot_trained = any(any(stop in r.text[a:b] for stop in template.stop) for r in rendered for a, b in r.spans)
+    return examples, stats
+
+
+def _single_token_ids(tokenizer, stops) -> set[int] | None:
+    ids = set()
+    for s in stops:
+        toks = tokenizer(s, add_special_tokens=False)["input_ids"]
+        if len(toks) == 1:
+            ids.add(toks[0])
+    return ids or None
+
+
+@dataclass
+class Prepared:
+    train: list[dict]
+    eval: list[dict]
+    stats: Stats
+    sources: list[Source]
+
+
+def prepare(cfg, tokenizer, template) -> Prepared:
+    """Load every dataset of a run config, split, tokenize; refuses unusable data."""
+    sources = [resolve_dataset(n, cfg.dataset_dir) for n in cfg.datasets]
+    convs = []
+    for src in sources:
+        fmt = cfg.formatting if cfg.formatting != "auto" else src.formatting
+        part = load_conversations(src.path, fmt, src.columns)
+        convs += part[: cfg.max_samples] if cfg.max_samples else part
+    rng = random.Random(cfg.seed)
+    rng.shuffle(convs)
+    n_eval = int(cfg.val_size) if cfg.val_size >= 1 else round(len(convs) * cfg.val_size)
+    if n_eval >= len(convs):
+        raise DataError(f"val_size: {cfg.val_size} leaves no training examples out of {len(convs)}")
+    eval_convs, train_convs = convs[:n_eval], convs[n_eval:]
+    train, stats = encode(train_convs, tokenizer, template, cfg.cutoff_len, cfg.train_on_prompt)
+    evals, _ = encode(eval_convs, tokenizer, template, cfg.cutoff_len, cfg.train_on_prompt)
+    if not train:
+        raise DataError(f"cutoff_len: {cfg.cutoff_len} tokens leaves no trained token in any of "
+                        f"{len(train_convs)} examples (every prompt is longer); raise cutoff_len")
+    return Prepared(train, evals, stats, sources)

@@ -1,0 +1,113 @@
+"""Training events and their plain subscribers (console progress, JSONL log).
+
+A run emits a small fixed set of events; anything that shows or records a run
+(console line, notebook panel, JSONL file) is a callable that receives them.
+Events are plain dicts with a `kind`, so they cross process boundaries as JSON
+lines unchanged (`ftkit.launch` relays them that way).
+
+    begin  {examples, eval_examples, tokens, trained_tokens, truncated, trainable_params, total_params,
+            max_steps, device, output_dir, config}
+    step   {step, max_steps, epoch, loss, lr, grad_norm, tokens_per_s, memory_mb, memory_total_mb, elapsed_s, eta_s}
+    eval   {step, eval_loss}
+    save   {step, path}
+    end    {step, train_loss, runtime_s, output_dir, adapter_dir, stopped}
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Callable
+
+Event = dict
+Callback = Callable[[Event], None]
+KINDS = ("begin", "step", "eval", "save", "end")
+
+
+class Emitter:
+    """Sends each event to every subscriber; a broken subscriber warns once and is dropped."""
+
+    def __init__(self, callbacks=()):
+        self.callbacks = list(callbacks)
+
+    def __call__(self, kind: str, **data) -> Event:
+        assert kind in KINDS, kind
+        event = {"kind": kind, "time": time.time(), **data}
+        for cb in list(self.callbacks):
+            try:
+                cb(event)
+            except Exception as e:  # a display must never kill a run
+                warnings.warn(f"ftkit: event subscriber {cb!r} failed and was removed: {e!r}")
+                self.callbacks.remove(cb)
+        return event
+
+
+class JsonlLog:
+    """Appends every event as one JSON line (the run's metrics.jsonl)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def __call__(self, event: Event) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(event, ensure_ascii=False, default=str) + "\n")
+
+
+def read_jsonl(path: Path) -> list[Event]:
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _clock(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    m, s = divmod(int(seconds), 60)
+    return f"{m // 60}:{m % 60:02d}:{s:02d}" if m >= 60 else f"{m}:{s:02d}"
+
+
+class ConsoleProgress:
+    """One compact line per logged step, plus the pre-flight block and a closing line."""
+
+    def __init__(self, stream=None):
+        self.stream = stream or sys.stdout
+
+    def _print(self, text: str) -> None:
+        print(text, file=self.stream, flush=True)
+
+    def __call__(self, e: Event) -> None:
+        kind = e["kind"]
+        if kind == "begin":
+            self._print(preflight_text(e))
+        elif kind == "step":
+            width = len(str(e["max_steps"]))
+            self._print(
+                f"step {e['step']:>{width}}/{e['max_steps']}  epoch {e['epoch']:.2f}  loss {e['loss']:.4f}  "
+                f"lr {e['lr']:.2e}  {e['tokens_per_s']:,.0f} tok/s  mem {e['memory_mb']:,.0f} MiB  "
+                f"elapsed {_clock(e['elapsed_s'])}  eta {_clock(e['eta_s'])}")
+        elif kind == "eval":
+            self._print(f"eval at step {e['step']}: loss {e['eval_loss']:.4f}")
+        elif kind == "end":
+            how = "stopped early" if e.get("stopped") else "done"
+            loss = f"train loss {e['train_loss']:.4f}, " if e.get("train_loss") is not None else ""
+            self._print(f"{how} at step {e['step']}: {loss}{e['runtime_s']:.0f}s; saved {e['adapter_dir']}")
+
+
+def preflight_text(e: Event) -> str:
+    """The short block printed before the first step."""
+    trainable, total = e["trainable_params"], e["total_params"]
+    lines = [
+        f"ftkit run -> {e['output_dir']}",
+        f"  data     {e['examples']:,} examples ({e['eval_examples']:,} held out), {e['tokens']:,} tokens, "
+        f"{e['trained_tokens']:,} trained ({100 * e['trained_tokens'] / max(e['tokens'], 1):.0f}%)",
+        f"  labels   end-of-turn token trained: {'yes' if e['eot_trained'] else 'NO'}",
+        f"  model    {e['model']} on {e['device']}, {e['finetuning']}: {trainable:,} of {total:,} parameters "
+        f"train ({100 * trainable / max(total, 1):.2f}%)",
+        f"  steps    {e['max_steps']:,} updates of {e['batch_tokens']}",
+    ]
+    if e.get("truncated"):
+        lines.insert(2, f"  cutoff   {e['truncated']}")
+    if e.get("memory_note"):
+        lines.append(f"  memory   {e['memory_note']}")
+    return "\n".join(lines)

@@ -1,0 +1,102 @@
+"""Generate: one answer (or a chat) from a model folder, optionally with a LoRA adapter.
+
+The chat template is the run's (found in `ftkit_run.yaml` beside the weights),
+else the one named, else the tokenizer's own. Generation stops at the
+template's end-of-turn token. The last loaded model is kept, so a REPL or a
+notebook asking again does not reload it.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ftkit.errors import ModelError
+from ftkit.train import ADAPTER_CONFIG
+
+_CACHE: dict = {}
+
+
+def _template_name(*folders) -> str | None:
+    from ftkit.config import RunConfig
+
+    for f in folders:
+        if f and (Path(f) / ADAPTER_CONFIG).exists():
+            return RunConfig.from_any(Path(f) / ADAPTER_CONFIG).template
+    return None
+
+
+def load(model: str, adapter: str | None = None, template: str | None = None):
+    """(model, tokenizer, template) ready to generate; cached for the last (model, adapter, template)."""
+    key = (str(model), str(adapter), template)
+    if key in _CACHE:
+        return _CACHE[key]
+    _CACHE.clear()  # keep one model in memory
+    from ftkit import model as M, templates
+
+    M.quiet()
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    if adapter:
+        from ftkit.merge import adapter_folder
+
+        adapter = str(adapter_folder(adapter))
+    path = M.resolve(str(model))
+    tokenizer = M.load_tokenizer(adapter or path)  # an adapter folder carries the run's tokenizer
+    tokenizer.padding_side = "left"
+    name = template or _template_name(adapter, path) or "auto"
+    tmpl = templates.get_template(name, tokenizer)
+    dev = M.device()
+    dtype = torch.bfloat16 if dev == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+    try:
+        net = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    except (OSError, ValueError) as e:
+        raise ModelError(f"{model}: cannot load the model ({M._first_line(e)})") from None
+    if adapter:
+        from peft import PeftModel
+
+        net = PeftModel.from_pretrained(net, adapter)
+    net.to(dev).eval()
+    _CACHE[key] = (net, tokenizer, tmpl)
+    return _CACHE[key]
+
+
+def stop_ids(tokenizer, template) -> list[int]:
+    ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    for s in template.stop:
+        tok = tokenizer(s, add_special_tokens=False)["input_ids"]
+        if len(tok) == 1 and tok[0] not in ids:
+            ids.append(tok[0])
+    return ids
+
+
+def generate(model, prompt, adapter=None, template=None, max_new_tokens: int = 256, system: str | None = None,
+             **sampling) -> str:
+    """Answer `prompt` (a string, or a list of messages for a multi-turn chat).
+
+    `model` is a folder, a hub name, `tiny`, or a Run (its adapter is used).
+    Sampling keywords go to `transformers` `generate` (temperature, top_p, top_k,
+    repetition_penalty, ...); with no temperature the answer is greedy.
+    """
+    if hasattr(model, "adapter_dir") and hasattr(model, "config"):  # a Run
+        run = model
+        model, adapter = run.config.model_name_or_path, adapter or run.adapter_dir
+        if run.config.finetuning_type != "lora":
+            model, adapter = run.adapter_dir, None
+    net, tokenizer, tmpl = load(str(model), str(adapter) if adapter else None, template)
+    import torch
+
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+    if system:
+        messages = [{"role": "system", "content": system}] + messages
+    text = tmpl.render(messages, add_generation_prompt=True).text
+    enc = tokenizer(text, add_special_tokens=False, return_tensors="pt").to(net.device)
+    sampling.setdefault("do_sample", sampling.get("temperature", 0) > 0)
+    multi = [s for s in tmpl.stop if len(tokenizer(s, add_special_tokens=False)["input_ids"]) > 1]
+    with torch.no_grad():
+        out = net.generate(**enc, max_new_tokens=max_new_tokens, eos_token_id=stop_ids(tokenizer, tmpl),
+                           pad_token_id=tokenizer.pad_token_id, stop_strings=multi or None,
+                           tokenizer=tokenizer if multi else None, **sampling)
+    answer = tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    for s in tmpl.stop:  # a stop string that is not one special token stays in the text: cut it
+        answer = answer.split(s)[0]
+    return answer.strip()

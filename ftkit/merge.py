@@ -1,0 +1,115 @@
+"""Merge: fold a LoRA adapter into its base model and prove the result is the same model.
+
+For QLoRA the base is reloaded unquantized (fp32 on CPU, bf16 on a bf16 GPU),
+so the merged folder is a plain model any `transformers` code can load. Before
+saving, the adapter model and the merged model score one probe batch; their
+logits must agree, else merge fails loudly and writes nothing.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from ftkit.config import RunConfig
+from ftkit.errors import ModelError
+from ftkit.train import ADAPTER_CONFIG, replace_dir
+
+PROBE = [[{"role": "user", "content": "What is LoRA?"}],
+         [{"role": "user", "content": "你好，请介绍一下你自己。"}]]
+
+
+def adapter_folder(path: str | Path) -> Path:
+    """Accept the adapter folder itself or the run folder that holds `adapter/`."""
+    p = Path(path)
+    if (p / "adapter_config.json").exists():
+        return p
+    if (p / "adapter" / "adapter_config.json").exists():
+        return p / "adapter"
+    if (p / "model" / "config.json").exists() or (p / "config.json").exists():
+        raise ModelError(f"{p}: this run trained the whole model (full/freeze): its model folder is already "
+                         "complete, there is no adapter to merge")
+    raise ModelError(f"{p}: no LoRA adapter here (no adapter_config.json); pass the run's output_dir or its adapter/")
+
+
+def run_config_of(adapter: Path) -> RunConfig | None:
+    f = adapter / ADAPTER_CONFIG
+    return RunConfig.from_any(f) if f.exists() else None
+
+
+def merge(adapter_dir: str | Path, out: str | Path | None = None, tolerance: float | None = None,
+          console: bool = True) -> Path:
+    """Merge, check on a probe batch, save safetensors + tokenizer (with the run's chat template)."""
+    from ftkit import model as M, templates
+
+    M.quiet()
+    import torch
+    from peft import PeftModel
+
+    adapter = adapter_folder(adapter_dir)
+    cfg = run_config_of(adapter)
+    base_name = cfg.model_name_or_path if cfg else json.loads((adapter / "adapter_config.json").read_text())[
+        "base_model_name_or_path"]
+    base_path = M.resolve(base_name)
+    out = Path(out) if out else adapter.parent / "merged"
+    use_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported() and cfg is not None and cfg.bf16
+    dtype = torch.bfloat16 if use_bf16 else torch.float32
+    tolerance = tolerance if tolerance is not None else (2e-2 if use_bf16 else 1e-4)
+
+    tokenizer = M.load_tokenizer(str(adapter))  # the adapter folder carries the run's tokenizer + template
+    template = templates.get_template(cfg.template if cfg else "auto", tokenizer)
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype,
+                                                trust_remote_code=bool(cfg and cfg.trust_remote_code))
+    dev = M.device()
+    model = PeftModel.from_pretrained(base, str(adapter)).to(dev).eval()
+    probe = _probe_batch(tokenizer, template, dev)
+    with torch.no_grad():
+        before = model(**probe).logits.float()
+        merged = model.merge_and_unload()
+        after = merged(**probe).logits.float()
+    mask = probe["attention_mask"].bool()
+    diff = (before - after).abs()[mask].max().item()
+    scale = before[mask].abs().max().item()
+    if not diff <= tolerance * max(1.0, scale):
+        raise ModelError(f"merge check failed: merged logits differ from the adapter model's by {diff:.3g} "
+                         f"(allowed {tolerance * max(1.0, scale):.3g}); nothing was written")
+
+    tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    merged.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.chat_template = template.jinja()
+    tokenizer.save_pretrained(tmp)
+    _set_stop_tokens(tmp, tokenizer, template)
+    if cfg:
+        cfg.save(tmp / ADAPTER_CONFIG)
+    replace_dir(tmp, out)
+    if console:
+        print(f"merged {adapter} into {base_name} -> {out}\n"
+              f"  check: max |logit difference| on a probe batch = {diff:.2e} (allowed {tolerance:.0e} x scale)")
+    return out
+
+
+def _probe_batch(tokenizer, template, dev):
+    texts = [template.render(p, add_generation_prompt=True).text for p in PROBE]
+    enc = tokenizer(texts, add_special_tokens=False, return_tensors="pt", padding=True)
+    return {k: v.to(dev) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
+
+
+def _set_stop_tokens(folder: Path, tokenizer, template) -> None:
+    """generation_config.json lists the end-of-turn tokens, so plain `generate` stops at end of turn."""
+    from transformers import GenerationConfig
+
+    ids = []
+    for s in template.stop:
+        tok = tokenizer(s, add_special_tokens=False)["input_ids"]
+        if len(tok) == 1 and tok[0] not in ids:
+            ids.append(tok[0])
+    gen = GenerationConfig.from_pretrained(folder) if (folder / "generation_config.json").exists() \
+        else GenerationConfig()
+    eos = gen.eos_token_id if isinstance(gen.eos_token_id, list) else [gen.eos_token_id]
+    gen.eos_token_id = list(dict.fromkeys([*ids, *[e for e in eos if e is not None]]))
+    gen.pad_token_id = tokenizer.pad_token_id
+    gen.save_pretrained(folder)

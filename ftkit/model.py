@@ -1,0 +1,187 @@
+"""Model: resolve, load (optionally quantized), and make trainable (LoRA, full, freeze)."""
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+from ftkit.errors import ConfigError, ModelError
+
+
+def quiet() -> None:
+    """Silence start-up chatter that says nothing to a user (progress bars, optional-kernel notices)."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*deprecated")  # peft calls it
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+
+
+def resolve(name_or_path: str) -> str:
+    """`tiny` -> the embedded model; a folder must hold config.json; anything else is a hub name."""
+    if name_or_path == "tiny":
+        from ftkit import tiny
+
+        return str(tiny.path())
+    p = Path(name_or_path).expanduser()
+    if p.is_dir():
+        if not (p / "config.json").exists():
+            raise ModelError(f"{p}: not a model folder (no config.json); point model_name_or_path at the folder "
+                             "that holds config.json and the weights, or use a merged model folder")
+        return str(p)
+    if p.exists() or name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
+        raise ModelError(f"{name_or_path}: no such model folder")
+    return name_or_path  # a Hugging Face hub name
+
+
+def device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def compute_dtype(cfg):
+    import torch
+
+    if cfg.bf16:
+        return torch.bfloat16
+    if cfg.fp16:
+        return torch.float16
+    return torch.float32
+
+
+def load_tokenizer(model_path: str, tokenizer_path: str | None = None, trust_remote_code: bool = False):
+    quiet()
+    from transformers import AutoTokenizer
+
+    where = resolve(tokenizer_path) if tokenizer_path else model_path
+    try:
+        tok = AutoTokenizer.from_pretrained(where, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise ModelError(f"{where}: cannot load a tokenizer ({_first_line(e)}); if it lives elsewhere, "
+                         "set tokenizer_name_or_path") from None
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token or tok.unk_token
+    tok.padding_side = "right"
+    return tok
+
+
+def attention_impl(choice: str) -> tuple[str, str | None]:
+    """(implementation, note): fa2 only where flash-attn is installed and CUDA is present."""
+    import importlib.util
+
+    if choice in ("sdpa", "eager"):
+        return choice, None
+    if choice == "fa2":
+        if device() == "cuda" and importlib.util.find_spec("flash_attn"):
+            return "flash_attention_2", None
+        why = "no CUDA device" if device() != "cuda" else "flash-attn is not installed"
+        return "sdpa", f"flash_attn: fa2 unavailable ({why}); using sdpa"
+    return "sdpa", None
+
+
+def load_model(cfg, model_path: str, for_training: bool = True):
+    """The base model in the precision and quantization the config asks for."""
+    quiet()
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    dtype = compute_dtype(cfg)
+    attn, note = attention_impl(cfg.flash_attn)
+    kwargs = dict(dtype=dtype, attn_implementation=attn, trust_remote_code=cfg.trust_remote_code)
+    if cfg.quantization_bit == 4:
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type=cfg.quantization_type,
+            bnb_4bit_use_double_quant=cfg.double_quantization, bnb_4bit_compute_dtype=dtype)
+    elif cfg.quantization_bit == 8:
+        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
+    if cfg.quantization_bit and device() == "cuda":
+        kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", 0))}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(model_path, **kwargs)
+    except ImportError as e:
+        raise ModelError(f"{model_path}: {_first_line(e)}") from None
+    except (OSError, ValueError) as e:
+        raise ModelError(f"{model_path}: cannot load the model ({_first_line(e)})") from None
+    if for_training:
+        model.config.use_cache = False
+    model.ftkit_attention_note = note
+    return model
+
+
+def linear_names(model) -> list[str]:
+    """Leaf names of every linear layer (plain or bitsandbytes) except the output head."""
+    import torch
+
+    head = model.get_output_embeddings()
+    names = set()
+    for full, module in model.named_modules():
+        if module is head or full.endswith("lm_head"):
+            continue
+        if isinstance(module, torch.nn.Linear) or type(module).__name__ in ("Linear4bit", "Linear8bitLt"):
+            names.add(full.rsplit(".", 1)[-1])
+    return sorted(names)
+
+
+def decoder_layers(model):
+    """The model's stack of decoder blocks: the longest ModuleList."""
+    import torch
+
+    lists = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList)]
+    if not lists:
+        raise ModelError(f"{type(model).__name__}: no layer list found for freeze tuning")
+    return max(lists, key=len)
+
+
+def make_trainable(model, cfg):
+    """Apply the fine-tuning method; returns the model to train."""
+    import torch
+
+    if cfg.finetuning_type == "lora":
+        from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+        available = linear_names(model)
+        targets = cfg.lora_targets
+        if targets == ["all"]:
+            targets = available
+        missing = [t for t in targets if t not in available]
+        if missing:
+            raise ConfigError(f"lora_target: {', '.join(missing)} match no linear layer of this model; "
+                              f"it has: {', '.join(available)} (or use all)")
+        if cfg.quantization_bit:
+            model = prepare_model_for_kbit_training(
+                model, use_gradient_checkpointing=cfg.gradient_checkpointing,
+                gradient_checkpointing_kwargs={"use_reentrant": False})
+        lora = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha or 2 * cfg.lora_rank,
+                          lora_dropout=cfg.lora_dropout, target_modules=targets, task_type="CAUSAL_LM")
+        model = get_peft_model(model, lora)
+    elif cfg.finetuning_type == "freeze":
+        layers = decoder_layers(model)
+        if cfg.freeze_trainable_layers > len(layers):
+            raise ConfigError(f"freeze_trainable_layers: {cfg.freeze_trainable_layers} is more than the "
+                              f"{len(layers)} layers this model has")
+        model.requires_grad_(False)
+        for layer in layers[-cfg.freeze_trainable_layers:]:
+            layer.requires_grad_(True)
+    else:
+        model.requires_grad_(True)
+    for p in model.parameters():  # trainable weights stay fp32 even when the frozen base is half precision
+        if p.requires_grad and p.dtype != torch.float32:
+            p.data = p.data.float()
+    if cfg.gradient_checkpointing:
+        model.enable_input_require_grads()
+    return model
+
+
+def count_parameters(model) -> tuple[int, int]:
+    trainable = total = 0
+    for p in model.parameters():
+        n = p.numel() * (2 if type(p).__name__ == "Params4bit" else 1)  # 4-bit packs two values a byte
+        total += n
+        trainable += n if p.requires_grad else 0
+    return trainable, total
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__

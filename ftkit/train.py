@@ -1,0 +1,270 @@
+"""Training: config -> data -> model -> transformers.Trainer, with events out.
+
+`train()` reads top to bottom: check the config, load tokenizer and template,
+prepare data, pre-flight (refuse runs that cannot learn to stop), load and
+adapt the model, train, save atomically. One callback adapter translates the
+Trainer's hooks into ftkit events; everything that shows a run subscribes.
+"""
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback  # ftkit.train is the engine: importing it loads transformers
+
+from ftkit.config import RunConfig
+from ftkit.errors import ConfigError, DataError
+from ftkit.events import ConsoleProgress, Emitter, JsonlLog
+
+RUN_CONFIG = "run.yaml"        # in the output folder: reproduces the run
+ADAPTER_CONFIG = "ftkit_run.yaml"  # beside saved weights: lets merge/chat find base and template
+
+
+@dataclass
+class Run:
+    """What a run leaves behind; in-process runs also keep `model` and `tokenizer`."""
+
+    config: RunConfig
+    output_dir: Path
+    adapter_dir: Path | None = None
+    metrics: list[dict] = field(default_factory=list)
+    stopped: bool = False
+    model: Any = None
+    tokenizer: Any = None
+    _stop_requested: bool = False
+
+    def stop(self) -> None:
+        """Ask the run to end after the current step (the adapter trained so far is saved)."""
+        self._stop_requested = True
+
+    def record(self, event: dict) -> None:
+        self.metrics.append(event)
+
+    @property
+    def losses(self) -> list[tuple[int, float]]:
+        return [(e["step"], e["loss"]) for e in self.metrics if e["kind"] == "step"]
+
+    @property
+    def eval_losses(self) -> list[tuple[int, float]]:
+        return [(e["step"], e["eval_loss"]) for e in self.metrics if e["kind"] == "eval"]
+
+    def __repr__(self) -> str:
+        last = f", loss {self.losses[-1][1]:.4f}" if self.losses else ""
+        return f"Run({str(self.output_dir)!r}{last}{', stopped' if self.stopped else ''})"
+
+
+def train(config, callbacks=(), console: bool = True) -> Run:
+    """Fine-tune as `config` (RunConfig, dict or YAML path) says; returns the Run."""
+    cfg = config if isinstance(config, RunConfig) else RunConfig.from_any(config)
+    out = cfg.run_dir
+    _check_output_dir(cfg, out)
+    from ftkit import model as M, templates, data
+
+    M.quiet()
+    import torch
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    if (cfg.fp16 or cfg.bf16) and M.device() == "cpu":
+        raise ConfigError(f"{'fp16' if cfg.fp16 else 'bf16'}: mixed precision needs a CUDA GPU and none is "
+                          "present; remove the flag to train in fp32 on this CPU")
+    model_path = M.resolve(cfg.model_name_or_path)
+    tokenizer = M.load_tokenizer(model_path, cfg.tokenizer_name_or_path, cfg.trust_remote_code)
+    template = templates.get_template(cfg.template, tokenizer)
+    prepared = data.prepare(cfg, tokenizer, template)
+    stats = prepared.stats
+    if not stats.eot_trained and not cfg.train_on_prompt:
+        raise DataError(f"template {cfg.template}: its end-of-turn marker ({' / '.join(template.stop)}) is never "
+                        "among the trained tokens, so the model would never learn to stop; check the template")
+
+    model = M.make_trainable(M.load_model(cfg, model_path), cfg)
+    run = Run(cfg, out)
+    subscribers = [run.record, JsonlLog(out / "metrics.jsonl")] + ([ConsoleProgress()] if console else [])
+    emit = Emitter(subscribers + list(callbacks))
+    trainer = _trainer(cfg, model, tokenizer, prepared, emit, run)
+    trainable, total = M.count_parameters(model)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.jsonl").unlink(missing_ok=True)
+    cfg.save(out / RUN_CONFIG)
+    emit("begin", examples=stats.examples, eval_examples=len(prepared.eval), tokens=stats.tokens,
+         trained_tokens=stats.trained_tokens, eot_trained=stats.eot_trained, truncated=_truncation_text(cfg, stats),
+         trainable_params=trainable, total_params=total, max_steps=trainer.args.max_steps,
+         batch_tokens=_batch_text(cfg), device=M.device(), model=cfg.model_name_or_path,
+         finetuning=_method_text(cfg), output_dir=str(out), memory_note=getattr(model, "ftkit_attention_note", None),
+         config=cfg.to_dict())
+
+    resume = cfg.resume_from_checkpoint
+    try:
+        trainer.train(resume_from_checkpoint=resume if resume not in (None, False) else None)
+    except KeyboardInterrupt:
+        run.stopped = True  # save what was trained below; the caller sees run.stopped
+    run.stopped = run.stopped or run._stop_requested
+    run.adapter_dir = save_trained(trainer.model, tokenizer, template, cfg, out)
+    state = trainer.state
+    train_loss = next((h["train_loss"] for h in reversed(state.log_history) if "train_loss" in h), None)
+    emit("end", step=state.global_step, train_loss=train_loss, runtime_s=time.time() - run.metrics[0]["time"],
+         output_dir=str(out), adapter_dir=str(run.adapter_dir), stopped=run.stopped)
+    run.model, run.tokenizer = trainer.model, tokenizer
+    return run
+
+
+def _check_output_dir(cfg: RunConfig, out: Path) -> None:
+    if (out / RUN_CONFIG).exists() and not (cfg.overwrite_output_dir or cfg.resume_from_checkpoint):
+        raise ConfigError(f"output_dir: {out} already holds a run; choose another output_dir, set "
+                          "overwrite_output_dir: true to replace it, or resume_from_checkpoint: true to continue it")
+
+
+def _trainer(cfg: RunConfig, model, tokenizer, prepared, emit, run):
+    from transformers import PrinterCallback, ProgressCallback, Trainer, TrainingArguments
+
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    per_epoch = math.ceil(len(prepared.train) / (cfg.per_device_train_batch_size * world))
+    updates = math.ceil(per_epoch / cfg.gradient_accumulation_steps)
+    total = cfg.max_steps if cfg.max_steps > 0 else math.ceil(updates * cfg.num_train_epochs)
+    evaluate = bool(prepared.eval)
+    args = TrainingArguments(
+        output_dir=str(cfg.run_dir),
+        per_device_train_batch_size=cfg.per_device_train_batch_size,
+        per_device_eval_batch_size=cfg.per_device_train_batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        learning_rate=cfg.learning_rate, num_train_epochs=cfg.num_train_epochs, max_steps=total,
+        max_grad_norm=cfg.max_grad_norm, lr_scheduler_type=cfg.lr_scheduler_type, warmup_steps=cfg.warmup_ratio,
+        fp16=cfg.fp16, bf16=cfg.bf16, gradient_checkpointing=cfg.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if cfg.gradient_checkpointing else None,
+        logging_steps=cfg.logging_steps, logging_first_step=True, save_steps=cfg.save_steps,
+        eval_strategy="steps" if evaluate else "no", eval_steps=cfg.eval_steps or max(1, total // 5),
+        report_to=cfg.report_to, seed=cfg.seed, include_num_input_tokens_seen="non_padding",
+        disable_tqdm=True, remove_unused_columns=False, dataloader_num_workers=0, **cfg.extra,
+    )
+    trainer = Trainer(model=model, args=args, data_collator=Collator(tokenizer.pad_token_id),
+                      train_dataset=prepared.train, eval_dataset=prepared.eval or None,
+                      processing_class=tokenizer, callbacks=[EventBridge(emit, run)])
+    for cb in (PrinterCallback, ProgressCallback):  # ftkit's own subscribers show progress
+        trainer.remove_callback(cb)
+    return trainer
+
+
+class Collator:
+    """Right-pads a batch: input_ids with pad, labels with -100, and an attention mask."""
+
+    def __init__(self, pad_id: int, multiple_of: int | None = None):
+        self.pad_id, self.multiple_of = pad_id, multiple_of
+
+    def __call__(self, batch: list[dict]) -> dict:
+        import torch
+
+        n = max(len(b["input_ids"]) for b in batch)
+        if self.multiple_of:
+            n = -(-n // self.multiple_of) * self.multiple_of
+        ids = torch.full((len(batch), n), self.pad_id, dtype=torch.long)
+        labels = torch.full((len(batch), n), -100, dtype=torch.long)
+        mask = torch.zeros((len(batch), n), dtype=torch.long)
+        for i, b in enumerate(batch):
+            k = len(b["input_ids"])
+            ids[i, :k] = torch.tensor(b["input_ids"])
+            labels[i, :k] = torch.tensor(b["labels"])
+            mask[i, :k] = 1
+        return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+
+class EventBridge(TrainerCallback):
+    """Translates transformers.Trainer callbacks into ftkit events."""
+
+    def __init__(self, emit, run: Run):
+        self.emit, self.run = emit, run
+        self.t0 = self.t_last = None
+        self.tokens_last = 0
+
+    def on_train_begin(self, args, state, control, **kw):
+        self.t0 = self.t_last = time.time()
+        self.tokens_last = state.num_input_tokens_seen
+
+    def on_step_end(self, args, state, control, **kw):
+        if self.run._stop_requested:
+            control.should_training_stop = True
+
+    def on_log(self, args, state, control, logs=None, **kw):
+        logs = logs or {}
+        now = time.time()
+        if "loss" in logs:
+            tokens = state.num_input_tokens_seen
+            rate = (tokens - self.tokens_last) / max(now - self.t_last, 1e-9)
+            self.t_last, self.tokens_last = now, tokens
+            elapsed = now - self.t0
+            used, total = _memory_mb()
+            self.emit("step", step=state.global_step, max_steps=state.max_steps, epoch=logs.get("epoch", state.epoch),
+                      loss=logs["loss"], lr=logs.get("learning_rate", 0.0), grad_norm=logs.get("grad_norm"),
+                      tokens_per_s=rate, memory_mb=used, memory_total_mb=total, elapsed_s=elapsed,
+                      eta_s=elapsed / max(state.global_step, 1) * (state.max_steps - state.global_step))
+        if "eval_loss" in logs:
+            self.emit("eval", step=state.global_step, eval_loss=logs["eval_loss"])
+
+    def on_save(self, args, state, control, **kw):
+        self.emit("save", step=state.global_step, path=os.path.join(args.output_dir, f"checkpoint-{state.global_step}"))
+
+
+def _memory_mb() -> tuple[float, float]:
+    """(used, total) MiB: CUDA memory reserved on GPU, else this process's RSS against machine RAM."""
+    import torch
+
+    if torch.cuda.is_available():
+        total = torch.cuda.get_device_properties(0).total_memory
+        return torch.cuda.memory_reserved() / 2**20, total / 2**20
+    import psutil
+
+    return psutil.Process().memory_info().rss / 2**20, psutil.virtual_memory().total / 2**20
+
+
+def save_trained(model, tokenizer, template, cfg: RunConfig, out: Path) -> Path:
+    """Adapter (LoRA) or model (full/freeze) + tokenizer + run config, written atomically."""
+    final = out / ("adapter" if cfg.finetuning_type == "lora" else "model")
+    tmp = out / f".{final.name}.partial-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.chat_template = template.jinja()
+    tokenizer.save_pretrained(tmp)
+    cfg.save(tmp / ADAPTER_CONFIG)
+    replace_dir(tmp, final)
+    return final
+
+
+def replace_dir(tmp: Path, final: Path) -> None:
+    """Move a finished folder into place; the old one goes only after the new one is there."""
+    old = final.with_name(f".{final.name}.old-{os.getpid()}")
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _truncation_text(cfg: RunConfig, stats) -> str | None:
+    parts = []
+    if stats.truncated_turns:
+        parts.append(f"{stats.truncated_turns} examples longer than cutoff_len={cfg.cutoff_len} kept only their "
+                     "whole leading turns")
+    if stats.truncated_answer:
+        parts.append(f"{stats.truncated_answer} had an answer cut mid-way (it loses its end-of-turn)")
+    if stats.dropped:
+        parts.append(f"{stats.dropped} dropped: no answer token fits in cutoff_len")
+    return "; ".join(parts) or None
+
+
+def _batch_text(cfg: RunConfig) -> str:
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    per = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * world
+    return f"{per} examples ({cfg.per_device_train_batch_size} x {cfg.gradient_accumulation_steps} accumulation" + (
+        f" x {world} processes)" if world > 1 else ")")
+
+
+def _method_text(cfg: RunConfig) -> str:
+    if cfg.finetuning_type == "lora":
+        q = f"QLoRA {cfg.quantization_bit}-bit" if cfg.quantization_bit else "LoRA"
+        return f"{q} r={cfg.lora_rank} on {','.join(cfg.lora_targets)}"
+    if cfg.finetuning_type == "freeze":
+        return f"freeze (last {cfg.freeze_trainable_layers} layers train)"
+    return "full fine-tuning"
