@@ -6,7 +6,24 @@ import os
 import sys
 from pathlib import Path
 
-from ftkit.errors import FtkitError
+from ftkit.errors import ConfigError, FtkitError
+
+
+def parse_with_yaml(p: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """Flags, optionally after a YAML file whose keys are the same options (examples/merge.yaml)."""
+    if argv and argv[0].endswith((".yaml", ".yml")):
+        from ftkit.config import read_yaml
+
+        values = read_yaml(Path(argv[0]))
+        dests = {a.dest for a in p._actions} - {"help"}
+        unknown = sorted(set(values) - dests)
+        if unknown:
+            raise ConfigError(f"{argv[0]}: unknown key(s) {', '.join(unknown)}; expected {', '.join(sorted(dests))}")
+        p.set_defaults(**values)
+        for action in p._actions:
+            action.required = action.required and action.dest not in values
+        argv = argv[1:]
+    return p.parse_args(argv)
 
 
 def cmd_train(argv: list[str]) -> int:
@@ -30,10 +47,10 @@ def cmd_train(argv: list[str]) -> int:
 
 
 def cmd_merge(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="ftkit merge", description="Fold a LoRA adapter into its base model.")
+    p = argparse.ArgumentParser(prog="ftkit merge [MERGE.yaml]", description="Fold a LoRA adapter into its base model.")
     p.add_argument("--adapter", required=True, help="adapter folder, or the run's output_dir")
     p.add_argument("--out", help="merged model folder (default: <run>/merged)")
-    a = p.parse_args(argv)
+    a = parse_with_yaml(p, argv)
     import ftkit
 
     ftkit.merge(a.adapter, out=a.out)
@@ -41,7 +58,7 @@ def cmd_merge(argv: list[str]) -> int:
 
 
 def cmd_chat(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="ftkit chat", description="Talk to a model: one answer, or a REPL.")
+    p = argparse.ArgumentParser(prog="ftkit chat [INFERENCE.yaml]", description="Talk to a model: one answer, or a REPL.")
     p.add_argument("--model", required=True, help="model folder (a merged run, a base model, or tiny)")
     p.add_argument("--adapter", help="LoRA adapter folder (or run folder) to apply")
     p.add_argument("--prompt", help="answer this once and exit (default: interactive)")
@@ -50,7 +67,7 @@ def cmd_chat(argv: list[str]) -> int:
     p.add_argument("--max_new_tokens", type=int, default=256)
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     p.add_argument("--top_p", type=float, default=None)
-    a = p.parse_args(argv)
+    a = parse_with_yaml(p, argv)
     from ftkit.generate import generate
 
     sampling = {"temperature": a.temperature} if a.temperature > 0 else {}

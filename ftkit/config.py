@@ -349,3 +349,14 @@ def help_text() -> str:
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         lines.append(f"  --{name} ({_type_name(hints[name])}, default {default!r})\n      {f.metadata['help']}")
     return "\n".join(lines)
+
+
+def example_yaml(values: dict, title: str) -> str:
+    """A commented YAML config; each key's comment is its schema help (examples/ are made with this)."""
+    fields = RunConfig.fields()
+    lines = [f"# {line}".rstrip() for line in title.strip().splitlines()]
+    for key, value in values.items():
+        help = fields[key].metadata["help"] if key in fields else "passed to transformers.TrainingArguments"
+        dumped = yaml.safe_dump({key: value}, allow_unicode=True, default_flow_style=False, sort_keys=False)
+        lines += ["", f"# {help}", dumped.rstrip()]
+    return "\n".join(lines) + "\n"

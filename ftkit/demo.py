@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import time
 
-PROMPTS = ["Who are you?", "什么是 LoRA？"]
+PROMPTS = ["Who are you?", "什么是LoRA？"]
 
 DEMO_CONFIG = dict(
     model_name_or_path="tiny", dataset="demo", template="auto", finetuning_type="lora", lora_target="all",

@@ -3,7 +3,8 @@
 A run emits a small fixed set of events; anything that shows or records a run
 (console line, notebook panel, JSONL file) is a callable that receives them.
 Events are plain dicts with a `kind`, so they cross process boundaries as JSON
-lines unchanged (`ftkit.launch` relays them that way).
+lines unchanged. A subscriber that returns "stop" asks the run to end after the
+current step (a Stop button does this); what was trained is saved.
 
     begin  {examples, eval_examples, tokens, trained_tokens, truncated, trainable_params, total_params,
             max_steps, device, output_dir, config}
@@ -31,13 +32,15 @@ class Emitter:
 
     def __init__(self, callbacks=()):
         self.callbacks = list(callbacks)
+        self.stop_requested = False
 
     def __call__(self, kind: str, **data) -> Event:
         assert kind in KINDS, kind
         event = {"kind": kind, "time": time.time(), **data}
         for cb in list(self.callbacks):
             try:
-                cb(event)
+                if cb(event) == "stop":
+                    self.stop_requested = True
             except Exception as e:  # a display must never kill a run
                 warnings.warn(f"ftkit: event subscriber {cb!r} failed and was removed: {e!r}")
                 self.callbacks.remove(cb)

@@ -82,6 +82,9 @@ def train(config, callbacks=(), console: bool = True) -> Run:
         raise DataError(f"template {cfg.template}: its end-of-turn marker ({' / '.join(template.stop)}) is never "
                         "among the trained tokens, so the model would never learn to stop; check the template")
 
+    from transformers import set_seed
+
+    set_seed(cfg.seed)  # LoRA's initial weights come from the global RNG: seed before adapting
     model = M.make_trainable(M.load_model(cfg, model_path), cfg)
     run = Run(cfg, out)
     subscribers = [run.record, JsonlLog(out / "metrics.jsonl")] + ([ConsoleProgress()] if console else [])
@@ -103,7 +106,7 @@ def train(config, callbacks=(), console: bool = True) -> Run:
         trainer.train(resume_from_checkpoint=resume if resume not in (None, False) else None)
     except KeyboardInterrupt:
         run.stopped = True  # save what was trained below; the caller sees run.stopped
-    run.stopped = run.stopped or run._stop_requested
+    run.stopped = run.stopped or run._stop_requested or emit.stop_requested
     run.adapter_dir = save_trained(trainer.model, tokenizer, template, cfg, out)
     state = trainer.state
     train_loss = next((h["train_loss"] for h in reversed(state.log_history) if "train_loss" in h), None)
@@ -127,20 +130,26 @@ def _trainer(cfg: RunConfig, model, tokenizer, prepared, emit, run):
     updates = math.ceil(per_epoch / cfg.gradient_accumulation_steps)
     total = cfg.max_steps if cfg.max_steps > 0 else math.ceil(updates * cfg.num_train_epochs)
     evaluate = bool(prepared.eval)
-    args = TrainingArguments(
+    import torch
+
+    kwargs = dict(
         output_dir=str(cfg.run_dir),
         per_device_train_batch_size=cfg.per_device_train_batch_size,
         per_device_eval_batch_size=cfg.per_device_train_batch_size,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         learning_rate=cfg.learning_rate, num_train_epochs=cfg.num_train_epochs, max_steps=total,
         max_grad_norm=cfg.max_grad_norm, lr_scheduler_type=cfg.lr_scheduler_type, warmup_steps=cfg.warmup_ratio,
-        fp16=cfg.fp16, bf16=cfg.bf16, gradient_checkpointing=cfg.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False} if cfg.gradient_checkpointing else None,
+        fp16=cfg.fp16, bf16=cfg.bf16, activation_checkpointing=cfg.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False} if cfg.gradient_checkpointing else None,
         logging_steps=cfg.logging_steps, logging_first_step=True, save_steps=cfg.save_steps,
         eval_strategy="steps" if evaluate else "no", eval_steps=cfg.eval_steps or max(1, total // 5),
         report_to=cfg.report_to, seed=cfg.seed, include_num_input_tokens_seen="non_padding",
-        disable_tqdm=True, remove_unused_columns=False, dataloader_num_workers=0, **cfg.extra,
+        disable_tqdm=True, remove_unused_columns=False, dataloader_pin_memory=torch.cuda.is_available(),
     )
+    try:
+        args = TrainingArguments(**{**kwargs, **cfg.extra})  # passthrough keys may refine ftkit's choices
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"TrainingArguments refused the config: {str(e).splitlines()[0]}") from None
     trainer = Trainer(model=model, args=args, data_collator=Collator(tokenizer.pad_token_id),
                       train_dataset=prepared.train, eval_dataset=prepared.eval or None,
                       processing_class=tokenizer, callbacks=[EventBridge(emit, run)])
@@ -185,7 +194,7 @@ class EventBridge(TrainerCallback):
         self.tokens_last = state.num_input_tokens_seen
 
     def on_step_end(self, args, state, control, **kw):
-        if self.run._stop_requested:
+        if self.run._stop_requested or self.emit.stop_requested:
             control.should_training_stop = True
 
     def on_log(self, args, state, control, logs=None, **kw):
@@ -203,7 +212,7 @@ class EventBridge(TrainerCallback):
                       eta_s=elapsed / max(state.global_step, 1) * (state.max_steps - state.global_step))
         if "eval_loss" in logs:
             self.emit("eval", step=state.global_step, eval_loss=logs["eval_loss"])
-
+        self.on_step_end(args, state, control)  # a subscriber may have asked to stop at this step
     def on_save(self, args, state, control, **kw):
         self.emit("save", step=state.global_step, path=os.path.join(args.output_dir, f"checkpoint-{state.global_step}"))
 

@@ -1,0 +1,62 @@
+"""Write examples/*.yaml from the dicts below, with each key's schema help as its comment.
+
+    python scripts/make_examples.py     # tests check the files are up to date
+"""
+from pathlib import Path
+
+import yaml
+
+from ftkit.config import example_yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = dict(model_name_or_path="tiny", template="auto", dataset="demo", cutoff_len=256)
+RUN = dict(per_device_train_batch_size=8, gradient_accumulation_steps=1, num_train_epochs=3.0,
+           lr_scheduler_type="cosine", warmup_ratio=0.05, logging_steps=10, save_steps=500, val_size=0.05)
+
+EXAMPLES = {
+    "lora_sft.yaml": ("LoRA on the embedded tiny model (CPU, about a minute): ftkit train examples/lora_sft.yaml",
+                      {**TINY, "finetuning_type": "lora", "lora_target": "all", "lora_rank": 16, "lora_alpha": 32,
+                       "lora_dropout": 0.0, "learning_rate": 2.0e-3, **RUN, "output_dir": "outputs/tiny-lora"}),
+    "qlora_sft.yaml": ("QLoRA: the base in 4-bit nf4 (bitsandbytes; runs on CPU here, on an 8 GB GPU for 7B models)",
+                       {**TINY, "finetuning_type": "lora", "quantization_bit": 4, "quantization_type": "nf4",
+                        "double_quantization": True, "lora_target": "all", "lora_rank": 64,
+                        "learning_rate": 2.0e-3, **RUN, "output_dir": "outputs/tiny-qlora"}),
+    "full_sft.yaml": ("Full fine-tuning: every weight trains (most memory)",
+                      {**TINY, "finetuning_type": "full", "learning_rate": 5.0e-4, **RUN,
+                       "output_dir": "outputs/tiny-full"}),
+    "freeze_sft.yaml": ("Freeze tuning: only the last decoder layers train",
+                        {**TINY, "finetuning_type": "freeze", "freeze_trainable_layers": 2, "learning_rate": 1.0e-3,
+                         **RUN, "output_dir": "outputs/tiny-freeze"}),
+    "llama3_lora_sft.yaml": (
+        "The seed's starting point, for a GPU with internet access: copy, rename (e.g. config/my_lora.yaml), edit.\n"
+        "Llama 3 8B Instruct, LoRA on all linear layers, bf16, sdpa/flash attention.",
+        {"model_name_or_path": "meta-llama/Meta-Llama-3-8B-Instruct", "template": "llama3", "dataset": "demo",
+         "cutoff_len": 1024, "max_samples": 1000, "finetuning_type": "lora", "lora_target": "all", "lora_rank": 8,
+         "learning_rate": 1.0e-4, "per_device_train_batch_size": 2, "gradient_accumulation_steps": 8,
+         "num_train_epochs": 3.0, "lr_scheduler_type": "cosine", "warmup_ratio": 0.1, "bf16": True,
+         "flash_attn": "auto", "gradient_checkpointing": True, "logging_steps": 10, "save_steps": 500,
+         "val_size": 0.1, "report_to": "tensorboard", "output_dir": "outputs/llama3-8b-lora"}),
+}
+
+# merge and inference take the keys of `ftkit merge` / `ftkit chat` (ftkit merge examples/merge.yaml)
+TOOL_EXAMPLES = {
+    "merge.yaml": ("Fold the LoRA adapter into its base: ftkit merge examples/merge.yaml",
+                   {"adapter": "outputs/tiny-lora", "out": "outputs/tiny-lora/merged"}),
+    "inference.yaml": ("Chat with the merged model: ftkit chat examples/inference.yaml",
+                       {"model": "outputs/tiny-lora/merged", "max_new_tokens": 300, "temperature": 0.7,
+                        "top_p": 0.9}),
+}
+
+
+def render_all() -> dict[str, str]:
+    files = {name: example_yaml(values, title) for name, (title, values) in EXAMPLES.items()}
+    for name, (title, values) in TOOL_EXAMPLES.items():
+        files[name] = "# " + title + "\n" + yaml.safe_dump(values, sort_keys=False)
+    return files
+
+
+if __name__ == "__main__":
+    (ROOT / "examples").mkdir(exist_ok=True)
+    for name, text in render_all().items():
+        (ROOT / "examples" / name).write_text(text, encoding="utf-8")
+        print("wrote examples/" + name)

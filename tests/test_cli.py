@@ -1,0 +1,104 @@
+"""The `ftkit` command end to end, as a user runs it (subprocesses, offline, one thread)."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import DATA, REPO
+
+
+def ftkit(*args, cwd, check=True):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run([sys.executable, "-m", "ftkit.cli", *map(str, args)], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@pytest.mark.slow
+def test_train_merge_chat_from_the_command_line(workdir):
+    (workdir / "lora.yaml").write_text(
+        f"model_name_or_path: tiny\ndataset: {DATA / 'demo_zh_en.json'}\nlora_config:\n  r: 8\n"
+        "train:\n  per_device_train_batch_size: 8\n  learning_rate: 3.0e-3\n")
+    p = ftkit("train", "lora.yaml", "max_steps=6", "--logging_steps", "3", "--output_dir", "outputs/cli",
+              "threads=1", cwd=workdir)
+    assert "step 6/6" in p.stdout and "end-of-turn token trained: yes" in p.stdout
+    run_yaml = (workdir / "outputs/cli/run.yaml").read_text()
+    assert "max_steps: 6" in run_yaml and "lora_rank: 8" in run_yaml
+
+    p = ftkit("merge", "--adapter", "outputs/cli", cwd=workdir)
+    assert "check: max |logit difference|" in p.stdout and (workdir / "outputs/cli/merged/model.safetensors").exists()
+
+    p = ftkit("chat", "--model", "outputs/cli/merged", "--prompt", "Who are you?", "--max_new_tokens", "12",
+              cwd=workdir)
+    assert p.stdout.strip() and "<|im_end|>" not in p.stdout
+    p = ftkit("chat", "--model", "tiny", "--adapter", "outputs/cli", "--prompt", "Who are you?",
+              "--max_new_tokens", "12", cwd=workdir)
+    assert p.stdout.strip()
+
+
+@pytest.mark.slow
+def test_chat_repl_keeps_history_and_quits(workdir):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "ftkit.cli", "chat", "--model", "tiny", "--max_new_tokens", "5"],
+                          input="hello\nagain\nclear\nexit\n", capture_output=True, text=True, cwd=workdir, env=env,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("model> ") == 2
+
+
+@pytest.mark.slow
+def test_train_with_seed_style_flags_only(workdir):
+    p = ftkit("train", "--stage", "sft", "--model_name_or_path", "tiny", "--dataset", "seed_examples",
+              "--template", "qwen", "--lora_target", "q_proj,v_proj", "--per_device_train_batch_size", "2",
+              "--max_steps", "2", "--output_dir", "outputs/flags", "--threads", "1", cwd=workdir)
+    assert "LoRA r=8 on q_proj,v_proj" in p.stdout
+
+
+def test_bad_config_is_one_clear_message_without_traceback(workdir):
+    p = ftkit("train", "--dataset", "demo", "--lerning_rate", "1e-4", "--quantization_bit", "3", cwd=workdir,
+              check=False)
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert "did you mean learning_rate?" in p.stderr and "quantization_bit: 3 is not supported" in p.stderr
+    p = ftkit("train", "missing.yaml", cwd=workdir, check=False)
+    assert p.returncode == 2 and "missing.yaml: no such config file" in p.stderr
+
+
+def test_bad_data_is_named_without_traceback(workdir):
+    (workdir / "bad.jsonl").write_text('{"messages": [{"role": "user", "content": "a"}]}\n{oops\n')
+    p = ftkit("train", "--dataset", "bad.jsonl", "--dataset_dir", ".", cwd=workdir, check=False)
+    assert p.returncode == 2 and "Traceback" not in p.stderr and "bad.jsonl: line 2: invalid JSON" in p.stderr
+    p = ftkit("train", "--dataset", "bad.jsonl", "--debug", cwd=workdir, check=False)
+    assert "Traceback" in p.stderr
+
+
+def test_convert_and_models_and_help(workdir):
+    p = ftkit("convert", "--input", DATA / "formats/alpaca.json", "--output", "out/formatted.json",
+              "--from", "alpaca", cwd=workdir)
+    assert "wrote 3 conversations" in p.stdout
+    records = json.loads((workdir / "out/formatted.json").read_text(encoding="utf-8"))
+    assert records[0] == {"conversation": [{"role": "user", "content": "Translate into Chinese.\nGood morning."},
+                                           {"role": "assistant", "content": "早上好。"}]}
+    p = ftkit("models", cwd=workdir)
+    assert "llama" in p.stdout and "chatglm3" in p.stdout and "deepseek" in p.stdout
+    p = ftkit("train", "--help", cwd=workdir)
+    assert "--learning_rate (float, default 0.0001)" in p.stdout and "--quantization_bit" in p.stdout
+    p = ftkit("nonsense", cwd=workdir, check=False)
+    assert p.returncode == 2 and "unknown command" in p.stderr
+
+
+@pytest.mark.slow
+def test_demo_runs_offline_and_shows_the_change(workdir):
+    p = ftkit("demo", "--epochs", "3", "--out", "outputs/demo", cwd=workdir)
+    assert "loss " in p.stdout and "base " in p.stdout and "fine-tuned" in p.stdout
+    assert (workdir / "outputs/demo/merged/model.safetensors").exists()
+
+
+def test_console_script_is_installed():
+    import shutil
+
+    assert shutil.which("ftkit"), "pip install -e . puts `ftkit` on PATH"
+    assert (REPO / "ftkit" / "assets" / "tiny" / "model.safetensors").exists()

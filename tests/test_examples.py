@@ -1,0 +1,57 @@
+"""examples/ are generated from the schema, parse, and (the tiny ones) train."""
+import sys
+
+import pytest
+
+import ftkit
+from conftest import REPO
+from ftkit.config import RunConfig
+
+sys.path.insert(0, str(REPO / "scripts"))
+import make_examples  # noqa: E402
+
+TRAIN_EXAMPLES = sorted(make_examples.EXAMPLES)
+
+
+def test_examples_are_up_to_date():
+    for name, text in make_examples.render_all().items():
+        assert (REPO / "examples" / name).read_text(encoding="utf-8") == text, \
+            f"examples/{name} is stale: run python scripts/make_examples.py"
+
+
+@pytest.mark.parametrize("name", TRAIN_EXAMPLES)
+def test_example_configs_validate(name):
+    cfg = RunConfig.from_any(REPO / "examples" / name)
+    assert cfg.dataset == "demo"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [n for n in TRAIN_EXAMPLES
+                                  if make_examples.EXAMPLES[n][1]["model_name_or_path"] == "tiny"])
+def test_tiny_examples_train(name, workdir):
+    run = ftkit.train(RunConfig.from_any(REPO / "examples" / name, ["max_steps=2", "threads=1", "val_size=0",
+                                                                   f"output_dir={workdir / 'out'}"]), console=False)
+    assert len(run.losses) >= 1 and run.adapter_dir.exists()
+
+
+@pytest.mark.slow
+def test_merge_and_inference_yaml(workdir):
+    from ftkit.cli import main
+
+    ftkit.train(RunConfig.from_any(REPO / "examples/lora_sft.yaml", ["max_steps=2", "threads=1", "val_size=0"]),
+                console=False)
+    assert main(["merge", str(REPO / "examples/merge.yaml")]) == 0
+    assert (workdir / "outputs/tiny-lora/merged/model.safetensors").exists()
+    assert main(["chat", str(REPO / "examples/inference.yaml"), "--prompt", "hi", "--max_new_tokens", "4"]) == 0
+
+
+def test_notebooks_match_their_sources():
+    import json
+    import runpy
+
+    from make_notebook import notebook
+
+    for src in sorted((REPO / "notebooks").glob("*.py")):
+        built = notebook(runpy.run_path(str(src))["CELLS"])
+        committed = json.loads(src.with_suffix(".ipynb").read_text(encoding="utf-8"))
+        assert committed == built, f"{src.name}: rebuild with scripts/make_notebook.py"

@@ -1,0 +1,232 @@
+"""End-to-end runs on the embedded tiny Llama, on CPU: every method learns, files land, merge is exact."""
+import json
+
+import pytest
+import torch
+
+import ftkit
+from conftest import DATA, base_config, eval_drop, scored_config
+from ftkit.config import RunConfig
+from ftkit.errors import ConfigError, DataError
+from ftkit.events import read_jsonl
+
+pytestmark = pytest.mark.slow
+
+
+def test_lora_run_writes_everything_and_learns(workdir):
+    out = workdir / "run"
+    run = ftkit.train(scored_config(out), console=False)
+    assert eval_drop(run) > 0.5
+    assert {p.name for p in out.iterdir()} >= {"run.yaml", "metrics.jsonl", "adapter"}
+    assert {p.name for p in run.adapter_dir.iterdir()} >= {
+        "adapter_model.safetensors", "adapter_config.json", "ftkit_run.yaml", "tokenizer.json", "chat_template.jinja"}
+    kinds = [e["kind"] for e in read_jsonl(out / "metrics.jsonl")]
+    assert kinds[0] == "begin" and kinds[-1] == "end" and kinds.count("step") == 8 and "eval" in kinds
+    begin = run.metrics[0]
+    assert begin["eot_trained"] and 0 < begin["trainable_params"] < begin["total_params"]
+    step = next(e for e in run.metrics if e["kind"] == "step")
+    assert step["tokens_per_s"] > 0 and step["memory_mb"] > 0 and step["lr"] > 0
+    assert not list(out.glob(".adapter*")), "no partial folder is left behind"
+
+
+def test_run_yaml_alone_reproduces_the_run(workdir):
+    first = ftkit.train(base_config(workdir / "a", max_steps=4), console=False)
+    cfg = RunConfig.from_any(workdir / "a" / "run.yaml", ["output_dir=" + str(workdir / "b")])
+    second = ftkit.train(cfg, console=False)
+    assert cfg.to_dict() | {"output_dir": None} == first.config.to_dict() | {"output_dir": None}
+    assert [l for _, l in second.losses] == pytest.approx([l for _, l in first.losses], abs=1e-5)
+
+
+@pytest.mark.parametrize("bits, layer", [(4, "Linear4bit"), (8, "Linear8bitLt")])
+def test_qlora_learns_on_cpu(workdir, bits, layer):
+    run = ftkit.train(scored_config(workdir / f"q{bits}", quantization_bit=bits), console=False)
+    assert eval_drop(run) > 0.3
+    q_proj = run.model.base_model.model.model.layers[0].self_attn.q_proj
+    assert type(q_proj.base_layer).__name__ == layer
+    assert (run.adapter_dir / "adapter_model.safetensors").exists()
+
+
+@pytest.mark.parametrize("method, extra", [("full", {}), ("freeze", {"freeze_trainable_layers": 1})])
+def test_full_and_freeze_learn_and_save_a_whole_model(workdir, method, extra):
+    from transformers import AutoModelForCausalLM
+
+    run = ftkit.train(scored_config(workdir / method, finetuning_type=method, learning_rate=1e-3, **extra),
+                      console=False)
+    assert eval_drop(run) > 0.5
+    begin = run.metrics[0]
+    if method == "full":
+        assert begin["trainable_params"] == begin["total_params"]
+    else:
+        layer = sum(p.numel() for p in run.model.model.layers[-1].parameters())
+        assert begin["trainable_params"] == layer
+        assert not any(p.requires_grad for p in run.model.model.layers[0].parameters())
+    assert run.adapter_dir.name == "model"
+    reloaded = AutoModelForCausalLM.from_pretrained(run.adapter_dir)
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with torch.no_grad():
+        assert torch.allclose(reloaded(ids).logits, run.model.eval()(ids).logits, atol=1e-5)
+
+
+def _logits(model, ids):
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+@pytest.mark.parametrize("bits", [None, 4])
+def test_merge_equals_adapter_model(workdir, bits):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from ftkit.model import resolve
+
+    run = ftkit.train(base_config(workdir / "r", quantization_bit=bits), console=False)
+    merged_dir = ftkit.merge(run.adapter_dir, console=False)
+    assert merged_dir == workdir / "r" / "merged"
+    ids = torch.randint(3, 2000, (2, 24), generator=torch.Generator().manual_seed(0))
+    base = AutoModelForCausalLM.from_pretrained(resolve("tiny"), dtype=torch.float32)
+    base_logits = _logits(base, ids)
+    with_adapter = _logits(PeftModel.from_pretrained(base, run.adapter_dir).eval(), ids)
+    merged = _logits(AutoModelForCausalLM.from_pretrained(merged_dir).eval(), ids)
+    assert torch.allclose(merged, with_adapter, atol=1e-4)  # the same model ...
+    assert (merged - base_logits).abs().max() > 1e-2        # ... and not the base
+    assert "lora" not in json.dumps(json.loads((merged_dir / "config.json").read_text())).lower()
+
+
+def test_merge_refuses_full_runs_and_missing_adapters(workdir):
+    from ftkit.errors import ModelError
+
+    run = ftkit.train(base_config(workdir / "f", finetuning_type="full", max_steps=1), console=False)
+    with pytest.raises(ModelError, match="trained the whole model"):
+        ftkit.merge(run.output_dir)
+    with pytest.raises(ModelError, match="no LoRA adapter here"):
+        ftkit.merge(workdir)
+
+
+@pytest.fixture(scope="module")
+def chat_run(tmp_path_factory):
+    """LoRA on the demo set long enough to learn the identity answers and to stop."""
+    out = tmp_path_factory.mktemp("chat") / "run"
+    run = ftkit.train(base_config(out, max_steps=150, learning_rate=2e-3, lora_rank=16, logging_steps=50,
+                                  lr_scheduler_type="constant"), console=False)
+    return run, ftkit.merge(run.adapter_dir, console=False)
+
+
+def test_chat_stops_at_end_of_turn(chat_run):
+    from ftkit.generate import load, stop_ids
+
+    run, merged = chat_run
+    net, tok, tmpl = load(str(merged))
+    text = tmpl.render([{"role": "user", "content": "Who are you?"}], add_generation_prompt=True).text
+    enc = tok(text, add_special_tokens=False, return_tensors="pt")
+    out = net.generate(**enc, max_new_tokens=60, do_sample=False, eos_token_id=stop_ids(tok, tmpl),
+                       pad_token_id=tok.pad_token_id)
+    new = out[0, enc["input_ids"].shape[1]:].tolist()
+    assert len(new) < 60 and tok.convert_ids_to_tokens(new[-1]) == "<|im_end|>"
+    answer = ftkit.generate(merged, "Who are you?", max_new_tokens=60)
+    assert "Tiny" in answer and "<|im_end|>" not in answer
+
+
+def test_adapter_and_merged_answer_alike_and_pipeline_works(chat_run):
+    """The seed's check: a plain transformers pipeline on the merged folder formats and stops the same way."""
+    from transformers import pipeline
+
+    run, merged = chat_run
+    via_adapter = ftkit.generate("tiny", "你是谁？", adapter=run.adapter_dir, max_new_tokens=40)
+    via_merged = ftkit.generate(merged, "你是谁？", max_new_tokens=40)
+    via_run = ftkit.generate(run, "你是谁？", max_new_tokens=40)
+    assert via_adapter == via_merged == via_run and via_merged
+    pipe = pipeline("text-generation", model=str(merged))
+    out = pipe([{"role": "user", "content": "你是谁？"}], max_new_tokens=40, do_sample=False)
+    assert out[0]["generated_text"][-1] == {"role": "assistant", "content": via_merged}
+
+
+def test_sampling_settings_pass_through(chat_run):
+    run, merged = chat_run
+    torch.manual_seed(0)
+    answer = ftkit.generate(merged, "Write an English meeting invitation.", max_new_tokens=30, temperature=0.7,
+                            top_p=0.9)
+    assert isinstance(answer, str) and answer
+
+
+def test_refuses_data_that_never_trains_end_of_turn(workdir):
+    long = [{"conversation": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "word " * 100}]}]
+    (workdir / "long.json").write_text(json.dumps(long))
+    with pytest.raises(DataError, match="never learn to stop"):
+        ftkit.train(base_config(workdir / "x", dataset="long.json", dataset_dir=str(workdir), cutoff_len=24),
+                    console=False)
+
+
+def test_engine_checks_that_need_the_model(workdir):
+    with pytest.raises(ConfigError, match=r"lora_target: nope match no linear layer .* q_proj"):
+        ftkit.train(base_config(workdir / "t", lora_target="q_proj,nope"), console=False)
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="fp16: mixed precision needs a CUDA GPU"):
+            ftkit.train(base_config(workdir / "h", fp16=True), console=False)
+
+
+def test_existing_run_folder_is_not_overwritten(workdir):
+    ftkit.train(base_config(workdir / "o", max_steps=1), console=False)
+    with pytest.raises(ConfigError, match="already holds a run"):
+        ftkit.train(base_config(workdir / "o", max_steps=1), console=False)
+    ftkit.train(base_config(workdir / "o", max_steps=1, overwrite_output_dir=True), console=False)
+
+
+def test_stop_from_a_subscriber_and_interrupt_save_the_adapter(workdir):
+    stop_at_3 = lambda e: "stop" if e["kind"] == "step" and e["step"] >= 3 else None  # noqa: E731
+    run = ftkit.train(base_config(workdir / "s"), callbacks=[stop_at_3], console=False)
+    assert run.stopped and run.losses[-1][0] == 3 and (run.adapter_dir / "adapter_model.safetensors").exists()
+
+    def interrupt(e):
+        if e["kind"] == "step" and e["step"] == 2:
+            raise KeyboardInterrupt
+
+    run = ftkit.train(base_config(workdir / "k"), callbacks=[interrupt], console=False)
+    assert run.stopped and (run.adapter_dir / "adapter_model.safetensors").exists()
+    assert run.metrics[-1]["kind"] == "end" and run.metrics[-1]["stopped"]
+
+
+def test_console_progress_and_preflight(workdir, capsys):
+    ftkit.train(base_config(workdir / "c", max_steps=2), console=True)
+    text = capsys.readouterr().out
+    assert "end-of-turn token trained: yes" in text and "LoRA r=8 on all" in text
+    assert "step 1/2" in text and "tok/s" in text and "saved" in text
+
+
+def test_tensorboard_events_hold_the_loss(workdir):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    ftkit.train(base_config(workdir / "tb", max_steps=4, report_to="tensorboard"), console=False)
+    (events,) = list((workdir / "tb" / "runs").rglob("events.out.tfevents.*"))
+    acc = EventAccumulator(str(events.parent))
+    acc.Reload()
+    assert len(acc.Scalars("train/loss")) == 4
+
+
+def test_tiny_is_a_pretrained_base_model():
+    """The shipped weights read the bundled text far better than a random init of the same shape."""
+    from ftkit import tiny
+    from ftkit.model import load_tokenizer
+    from transformers import AutoModelForCausalLM
+
+    tok = load_tokenizer(str(tiny.path()))
+    text = " ".join(tiny.corpus_lines(DATA / "corpus")[:6])
+    ids = tok(text, return_tensors="pt")["input_ids"][:, :256]
+    trained = AutoModelForCausalLM.from_pretrained(tiny.path())
+    random_init = tiny.build_model(len(tok), tok.eos_token_id)
+    with torch.no_grad():
+        assert trained(ids, labels=ids).loss < 1.0 < 5.0 < random_init(ids, labels=ids).loss
+    assert (tiny.path() / "model.safetensors").stat().st_size < 20 * 2**20
+
+
+def test_pretraining_script_builds_a_loadable_model(tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ftkit import tiny
+
+    info = tiny.pretrain(DATA / "corpus", tmp_path, steps=3, batch=2, seq=32, threads=1, log_every=1)
+    assert info["steps"] == 3 and info["corpus_tokens"] > 5000
+    tok = AutoTokenizer.from_pretrained(tmp_path)
+    assert tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False,
+                                   add_generation_prompt=True) == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+    assert AutoModelForCausalLM.from_pretrained(tmp_path).config.model_type == "llama"
