@@ -235,10 +235,8 @@ def load_conversations(path: Path, formatting: str = "auto", columns: dict | Non
     records = read_records(path)
     if not records:
         raise DataError(f"{path}: no records")
-    if columns:  # dataset_info.json may rename columns: {"prompt": "question", ...} -> canonical names
-        canon = {"prompt": "instruction", "query": "input", "response": "output", "messages": "conversations"}
-        records = [{canon.get(k, k): r.get(v) for k, v in columns.items()} | {
-            k: v for k, v in r.items() if k not in columns.values()} if isinstance(r, dict) else r for r in records]
+    if columns:
+        records = [_rename_columns(r, columns) for r in records]
     if formatting == "auto":
         formatting = detect_format(records[0])
         if formatting is None:
@@ -267,6 +265,17 @@ def load_conversations(path: Path, formatting: str = "auto", columns: dict | Non
         raise DataError(problems[:MAX_LISTED] + more,
                         title=f"{path}: {len(problems)} of {len(records)} records cannot be used")
     return out
+
+
+# dataset_info.json "columns" use LLaMA-Factory's names: {"prompt": "question", "response": "answer", ...}
+_COLUMN_NAMES = {"prompt": "instruction", "query": "input", "response": "output", "messages": "conversations"}
+
+
+def _rename_columns(rec, columns: dict):
+    if not isinstance(rec, dict):
+        return rec
+    renamed = {_COLUMN_NAMES.get(ours, ours): rec.get(theirs) for ours, theirs in columns.items()}
+    return renamed | {k: v for k, v in rec.items() if k not in columns.values()}
 
 
 def _keys(rec) -> str:

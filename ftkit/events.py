@@ -6,8 +6,8 @@ Events are plain dicts with a `kind`, so they cross process boundaries as JSON
 lines unchanged. A subscriber that returns "stop" asks the run to end after the
 current step (a Stop button does this); what was trained is saved.
 
-    begin  {examples, eval_examples, tokens, trained_tokens, truncated, trainable_params, total_params,
-            max_steps, device, output_dir, config}
+    begin  {examples, eval_examples, tokens, trained_tokens, eot_trained, truncated, trainable_params,
+            total_params, max_steps, batch_tokens, device, model, finetuning, output_dir, note, config}
     step   {step, max_steps, epoch, loss, lr, grad_norm, tokens_per_s, memory_mb, memory_total_mb, elapsed_s, eta_s}
     eval   {step, eval_loss}
     save   {step, path}
@@ -111,6 +111,6 @@ def preflight_text(e: Event) -> str:
     ]
     if e.get("truncated"):
         lines.insert(2, f"  cutoff   {e['truncated']}")
-    if e.get("memory_note"):
-        lines.append(f"  memory   {e['memory_note']}")
+    if e.get("note"):
+        lines.append(f"  note     {e['note']}")
     return "\n".join(lines)

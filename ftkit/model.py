@@ -105,6 +105,12 @@ def load_model(cfg, model_path: str, for_training: bool = True):
         raise ModelError(f"{model_path}: cannot load the model ({_first_line(e)})") from None
     if for_training:
         model.config.use_cache = False
+        for module in model.modules():
+            # bitsandbytes 0.50 repacks 4-bit weights for CPU inference on the first no-grad forward in eval
+            # mode (an evaluation), and after that its backward drops the input gradient: LoRA layers below
+            # then learn from wrong gradients. Training keeps the trainable layout.
+            if hasattr(module, "support_avx512bf16_for_cpu"):
+                module.support_avx512bf16_for_cpu = False
     model.ftkit_attention_note = note
     return model
 

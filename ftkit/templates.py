@@ -193,17 +193,24 @@ TEMPLATES: dict[str, Template] = {t.name: t for t in [
 ]}
 
 
+def check_template_name(name: str) -> str | None:
+    """None if `name` is auto or a built-in, else the problem with a suggestion."""
+    if name == "auto" or name in TEMPLATES:
+        return None
+    import difflib
+
+    near = difflib.get_close_matches(name, list(TEMPLATES), n=1)
+    hint = f"did you mean {near[0]}? " if near else ""
+    return f"template: {name!r} is not a known template; {hint}choose auto or one of {', '.join(TEMPLATES)}"
+
+
 def get_template(name: str, tokenizer):
     """The template to train and chat with: a built-in bound to the tokenizer, or `auto`."""
+    problem = check_template_name(name)
+    if problem:
+        raise ConfigError(problem)
     if name == "auto":
         return TokenizerTemplate(tokenizer)
-    if name not in TEMPLATES:
-        import difflib
-
-        near = difflib.get_close_matches(name, list(TEMPLATES), n=1)
-        hint = f"did you mean {near[0]}? " if near else ""
-        raise ConfigError(f"template: {name!r} is not a known template; {hint}choose auto or one of "
-                          f"{', '.join(TEMPLATES)}")
     return TEMPLATES[name].bind(tokenizer)
 
 

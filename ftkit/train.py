@@ -7,6 +7,7 @@ Trainer's hooks into ftkit events; everything that shows a run subscribes.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from transformers import TrainerCallback  # ftkit.train is the engine: importing it loads transformers
+from transformers import Trainer, TrainerCallback  # ftkit.train is the engine: importing it loads transformers
 
 from ftkit.config import RunConfig
 from ftkit.errors import ConfigError, DataError
@@ -61,18 +62,16 @@ class Run:
 def train(config, callbacks=(), console: bool = True) -> Run:
     """Fine-tune as `config` (RunConfig, dict or YAML path) says; returns the Run."""
     cfg = config if isinstance(config, RunConfig) else RunConfig.from_any(config)
-    out = cfg.run_dir
-    _check_output_dir(cfg, out)
+    check_run(cfg)
     from ftkit import model as M, templates, data
 
     M.quiet()
     import torch
+    from transformers import set_seed
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    if (cfg.fp16 or cfg.bf16) and M.device() == "cpu":
-        raise ConfigError(f"{'fp16' if cfg.fp16 else 'bf16'}: mixed precision needs a CUDA GPU and none is "
-                          "present; remove the flag to train in fp32 on this CPU")
+    out = cfg.run_dir
     model_path = M.resolve(cfg.model_name_or_path)
     tokenizer = M.load_tokenizer(model_path, cfg.tokenizer_name_or_path, cfg.trust_remote_code)
     template = templates.get_template(cfg.template, tokenizer)
@@ -80,9 +79,8 @@ def train(config, callbacks=(), console: bool = True) -> Run:
     stats = prepared.stats
     if not stats.eot_trained and not cfg.train_on_prompt:
         raise DataError(f"template {cfg.template}: its end-of-turn marker ({' / '.join(template.stop)}) is never "
-                        "among the trained tokens, so the model would never learn to stop; check the template")
-
-    from transformers import set_seed
+                        "among the trained tokens, so the model would never learn to stop; check the template "
+                        "and cutoff_len")
 
     set_seed(cfg.seed)  # LoRA's initial weights come from the global RNG: seed before adapting
     model = M.make_trainable(M.load_model(cfg, model_path), cfg)
@@ -98,8 +96,7 @@ def train(config, callbacks=(), console: bool = True) -> Run:
          trained_tokens=stats.trained_tokens, eot_trained=stats.eot_trained, truncated=_truncation_text(cfg, stats),
          trainable_params=trainable, total_params=total, max_steps=trainer.args.max_steps,
          batch_tokens=_batch_text(cfg), device=M.device(), model=cfg.model_name_or_path,
-         finetuning=_method_text(cfg), output_dir=str(out), memory_note=getattr(model, "ftkit_attention_note", None),
-         config=cfg.to_dict())
+         finetuning=_method_text(cfg), output_dir=str(out), note=_notes(cfg, model), config=cfg.to_dict())
 
     resume = cfg.resume_from_checkpoint
     try:
@@ -116,14 +113,49 @@ def train(config, callbacks=(), console: bool = True) -> Run:
     return run
 
 
-def _check_output_dir(cfg: RunConfig, out: Path) -> None:
-    if (out / RUN_CONFIG).exists() and not (cfg.overwrite_output_dir or cfg.resume_from_checkpoint):
-        raise ConfigError(f"output_dir: {out} already holds a run; choose another output_dir, set "
-                          "overwrite_output_dir: true to replace it, or resume_from_checkpoint: true to continue it")
+def check_run(cfg: RunConfig) -> None:
+    """What can be checked without loading weights, reported at once: model folder, datasets, template name,
+    device, output folder."""
+    from ftkit import model as M
+    from ftkit.data import resolve_dataset
+    from ftkit.errors import FtkitError
+    from ftkit.templates import check_template_name
+
+    problems = []
+    for check in [lambda: M.resolve(cfg.model_name_or_path),
+                  lambda: cfg.tokenizer_name_or_path and M.resolve(cfg.tokenizer_name_or_path),
+                  *[lambda name=name: resolve_dataset(name, cfg.dataset_dir) for name in cfg.datasets]]:
+        try:
+            check()
+        except FtkitError as e:
+            problems += e.problems
+    problems += filter(None, [check_template_name(cfg.template)])
+    if cfg.fp16 and M.device() == "cpu":
+        problems.append("fp16: needs a CUDA GPU and none is present; remove it to train in fp32 on this CPU")
+    out = cfg.run_dir
+    if cfg.resume_from_checkpoint is True and not list(out.glob("checkpoint-*")):
+        problems.append(f"resume_from_checkpoint: {out} has no checkpoint-N folder to resume from; "
+                        "set save_steps so runs leave checkpoints, or name a checkpoint folder")
+    elif isinstance(cfg.resume_from_checkpoint, str) and not Path(cfg.resume_from_checkpoint).is_dir():
+        problems.append(f"resume_from_checkpoint: {cfg.resume_from_checkpoint} is not a folder")
+    elif (out / RUN_CONFIG).exists() and not (cfg.overwrite_output_dir or cfg.resume_from_checkpoint):
+        problems.append(f"output_dir: {out} already holds a run; choose another output_dir, set "
+                        "overwrite_output_dir: true to replace it, or resume_from_checkpoint: true to continue it")
+    if problems:
+        raise ConfigError(problems, title="cannot start this run")
+
+
+def _notes(cfg: RunConfig, model) -> str | None:
+    from ftkit.model import device
+
+    notes = [getattr(model, "ftkit_attention_note", None)]
+    if cfg.bf16 and device() == "cpu":
+        notes.append("bf16 on a CPU: correct but slow unless the CPU has bf16 instructions (AVX512-BF16/AMX)")
+    return "; ".join(n for n in notes if n) or None
 
 
 def _trainer(cfg: RunConfig, model, tokenizer, prepared, emit, run):
-    from transformers import PrinterCallback, ProgressCallback, Trainer, TrainingArguments
+    from transformers import PrinterCallback, ProgressCallback, TrainingArguments
 
     world = int(os.environ.get("WORLD_SIZE", 1))
     per_epoch = math.ceil(len(prepared.train) / (cfg.per_device_train_batch_size * world))
@@ -145,17 +177,44 @@ def _trainer(cfg: RunConfig, model, tokenizer, prepared, emit, run):
         eval_strategy="steps" if evaluate else "no", eval_steps=cfg.eval_steps or max(1, total // 5),
         report_to=cfg.report_to, seed=cfg.seed, include_num_input_tokens_seen="non_padding",
         disable_tqdm=True, remove_unused_columns=False, dataloader_pin_memory=torch.cuda.is_available(),
+        use_cpu=not torch.cuda.is_available(),
     )
     try:
         args = TrainingArguments(**{**kwargs, **cfg.extra})  # passthrough keys may refine ftkit's choices
     except (ValueError, TypeError) as e:
         raise ConfigError(f"TrainingArguments refused the config: {str(e).splitlines()[0]}") from None
-    trainer = Trainer(model=model, args=args, data_collator=Collator(tokenizer.pad_token_id),
+    trainer = AtomicCheckpointTrainer(model=model, args=args, data_collator=Collator(tokenizer.pad_token_id),
                       train_dataset=prepared.train, eval_dataset=prepared.eval or None,
                       processing_class=tokenizer, callbacks=[EventBridge(emit, run)])
     for cb in (PrinterCallback, ProgressCallback):  # ftkit's own subscribers show progress
         trainer.remove_callback(cb)
     return trainer
+
+
+class AtomicCheckpointTrainer(Trainer):
+    """Writes checkpoint-N in a staging folder and renames it into place once complete, so a process
+    killed mid-save never leaves a checkpoint-N that looks whole (resume picks the last complete one)."""
+
+    def _save_checkpoint(self, model, trial):
+        from transformers.trainer_utils import rotate_checkpoints
+
+        run_dir = self.args.output_dir
+        staging = os.path.join(run_dir, ".staging")
+        self.args.output_dir = staging
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self.args.output_dir = run_dir
+        if not self.args.should_save:
+            return
+        name = f"checkpoint-{self.state.global_step}"
+        replace_dir(Path(staging) / name, Path(run_dir) / name)
+        with contextlib.suppress(OSError):
+            os.rmdir(staging)
+        if self.state.best_model_checkpoint:
+            self.state.best_model_checkpoint = self.state.best_model_checkpoint.replace(staging, run_dir)
+        rotate_checkpoints(output_dir=run_dir, save_total_limit=self.args.save_total_limit,
+                           best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)
 
 
 class Collator:
@@ -188,6 +247,7 @@ class EventBridge(TrainerCallback):
         self.emit, self.run = emit, run
         self.t0 = self.t_last = None
         self.tokens_last = 0
+        self.eval_s = 0.0  # evaluation time since the last step event, left out of tokens/s
 
     def on_train_begin(self, args, state, control, **kw):
         self.t0 = self.t_last = time.time()
@@ -202,8 +262,8 @@ class EventBridge(TrainerCallback):
         now = time.time()
         if "loss" in logs:
             tokens = state.num_input_tokens_seen
-            rate = (tokens - self.tokens_last) / max(now - self.t_last, 1e-9)
-            self.t_last, self.tokens_last = now, tokens
+            rate = (tokens - self.tokens_last) / max(now - self.t_last - self.eval_s, 1e-9)
+            self.t_last, self.tokens_last, self.eval_s = now, tokens, 0.0
             elapsed = now - self.t0
             used, total = _memory_mb()
             self.emit("step", step=state.global_step, max_steps=state.max_steps, epoch=logs.get("epoch", state.epoch),
@@ -211,6 +271,7 @@ class EventBridge(TrainerCallback):
                       tokens_per_s=rate, memory_mb=used, memory_total_mb=total, elapsed_s=elapsed,
                       eta_s=elapsed / max(state.global_step, 1) * (state.max_steps - state.global_step))
         if "eval_loss" in logs:
+            self.eval_s += logs.get("eval_runtime", 0.0)
             self.emit("eval", step=state.global_step, eval_loss=logs["eval_loss"])
         self.on_step_end(args, state, control)  # a subscriber may have asked to stop at this step
     def on_save(self, args, state, control, **kw):

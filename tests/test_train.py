@@ -160,8 +160,68 @@ def test_engine_checks_that_need_the_model(workdir):
     with pytest.raises(ConfigError, match=r"lora_target: nope match no linear layer .* q_proj"):
         ftkit.train(base_config(workdir / "t", lora_target="q_proj,nope"), console=False)
     if not torch.cuda.is_available():
-        with pytest.raises(ConfigError, match="fp16: mixed precision needs a CUDA GPU"):
+        with pytest.raises(ConfigError, match="fp16: needs a CUDA GPU"):
             ftkit.train(base_config(workdir / "h", fp16=True), console=False)
+
+
+def test_lora_all_means_every_linear_layer_but_the_head(workdir):
+    run = ftkit.train(base_config(workdir / "all", max_steps=1), console=False)
+    targets = set(run.model.peft_config["default"].target_modules)
+    assert targets == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    assert not any("lm_head" in n and "lora" in n for n, _ in run.model.named_parameters())
+
+
+def test_everything_checkable_without_weights_fails_together(workdir, monkeypatch):
+    import ftkit.model
+
+    monkeypatch.setattr(ftkit.model, "load_model", lambda *a, **k: pytest.fail("no model may load"))
+    (workdir / "taken" ).mkdir()
+    (workdir / "taken" / "run.yaml").write_text("dataset: demo\n")
+    with pytest.raises(ConfigError) as e:
+        ftkit.train(base_config(workdir / "taken", model_name_or_path=str(workdir / "nomodel"), dataset="nope",
+                                template="llama-3"), console=False)
+    text = str(e.value)
+    for part in ("nomodel: no such model folder", "'nope' is neither a file", "did you mean llama3",
+                 "already holds a run"):
+        assert part in text
+    (workdir / "empty").mkdir()
+    with pytest.raises(ConfigError, match="not a model folder \\(no config.json\\)"):
+        ftkit.train(base_config(workdir / "x", model_name_or_path=str(workdir / "empty")), console=False)
+
+
+def test_hub_names_go_through_the_real_loader_and_fail_clearly_offline(workdir, monkeypatch):
+    from ftkit.errors import ModelError
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelError, match="someorg/no-such-model: cannot load a tokenizer"):
+        ftkit.train(base_config(workdir / "hub", model_name_or_path="someorg/no-such-model"), console=False)
+
+
+def test_bf16_on_cpu_trains_with_a_note(workdir):
+    run = ftkit.train(base_config(workdir / "bf", bf16=True, max_steps=1, per_device_train_batch_size=1,
+                                  cutoff_len=24), console=False)
+    assert "bf16 on a CPU" in run.metrics[0]["note"] and run.losses
+    assert next(p for p in run.model.parameters() if not p.requires_grad).dtype == torch.bfloat16
+
+
+def test_merge_fails_loudly_when_merged_logits_differ(workdir, monkeypatch):
+    from peft.tuners.lora import LoraModel
+
+    from ftkit.errors import ModelError
+
+    run = ftkit.train(base_config(workdir / "m", max_steps=2), console=False)
+    real = LoraModel.merge_and_unload
+
+    def broken(self, *a, **k):
+        merged = real(self, *a, **k)
+        with torch.no_grad():
+            merged.model.layers[0].self_attn.q_proj.weight.add_(0.5)
+        return merged
+
+    monkeypatch.setattr(LoraModel, "merge_and_unload", broken)
+    with pytest.raises(ModelError, match="merge check failed: merged logits differ"):
+        ftkit.merge(run.adapter_dir, console=False)
+    assert not (workdir / "m" / "merged").exists() and not list((workdir / "m").glob(".merged*"))
 
 
 def test_existing_run_folder_is_not_overwritten(workdir):
@@ -230,3 +290,42 @@ def test_pretraining_script_builds_a_loadable_model(tmp_path):
     assert tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False,
                                    add_generation_prompt=True) == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
     assert AutoModelForCausalLM.from_pretrained(tmp_path).config.model_type == "llama"
+
+
+def test_checkpoints_land_whole_rotate_and_resume(workdir):
+    out = workdir / "ck"
+    run = ftkit.train(base_config(out, max_steps=6, save_steps=2, save_total_limit=2), console=False)
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-4", "checkpoint-6"]
+    assert not (out / ".staging").exists() and [e["step"] for e in run.metrics if e["kind"] == "save"] == [2, 4, 6]
+    resumed = ftkit.train(base_config(out, max_steps=8, save_steps=2, resume_from_checkpoint=True), console=False)
+    assert [s for s, _ in resumed.losses] == [7, 8]
+    with pytest.raises(ConfigError, match="no checkpoint-N folder"):
+        ftkit.train(base_config(workdir / "none", resume_from_checkpoint=True), console=False)
+
+
+def test_qlora_gradients_survive_an_evaluation_pass():
+    """bitsandbytes repacks 4-bit weights for CPU inference after an eval-mode forward, after which its backward
+    drops input gradients; ftkit's training models must give the same gradients with or without an evaluation."""
+    from ftkit.model import load_model, make_trainable, resolve
+
+    cfg = RunConfig.from_dict(base_config("unused", quantization_bit=4))
+    ids = torch.randint(3, 2000, (2, 16), generator=torch.Generator().manual_seed(0))
+
+    def lora_grads(evaluate_first: bool):
+        torch.manual_seed(0)
+        model = make_trainable(load_model(cfg, resolve("tiny")), cfg)
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                torch.nn.init.normal_(p, std=0.02, generator=torch.Generator().manual_seed(1))
+        if evaluate_first:
+            model.eval()
+            with torch.no_grad():
+                model(input_ids=ids)
+            model.train()
+        model(input_ids=ids, labels=ids).loss.backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    plain, after_eval = lora_grads(False), lora_grads(True)
+    assert plain.keys() == after_eval.keys()
+    for name in plain:
+        assert torch.allclose(plain[name], after_eval[name], atol=1e-6), name
