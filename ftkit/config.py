@@ -107,6 +107,8 @@ class RunConfig:
         raw = flatten(raw)
         known, hints, problems, values, extra = cls.fields(), _hints(), [], {}, dict(raw.pop("extra", None) or {})
         passthrough = None
+        if isinstance(raw.get("flash_attn"), bool):  # a bare --flash_attn asks for fa2 (with a fallback)
+            raw["flash_attn"] = "fa2" if raw["flash_attn"] else "sdpa"
         for key, value in raw.items():
             if key in known:
                 try:

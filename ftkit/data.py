@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from ftkit.errors import DataError
+from ftkit.templates import single_token_ids
 
 ROLES = ("system", "user", "assistant")
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
@@ -360,9 +361,9 @@ def encode(conversations: list[list[dict]], tokenizer, template, cutoff_len: int
         return [], stats
     rendered = [template.render(c) for c in conversations]
     enc = tokenizer([r.text for r in rendered], add_special_tokens=False, return_offsets_mapping=True)
-    eot_ids = _single_token_ids(tokenizer, template.stop)
+    eot_ids = set(single_token_ids(tokenizer, template.stop)) or None
     examples = []
-    for r, ids, offsets in zip(rendered, enc["input_ids"], enc["offset_mapping"]):
+    for r, ids, offsets in zip(rendered, enc["input_ids"], enc["offset_mapping"], strict=True):
         trained = [train_on_prompt or any(s < e_ and b < e for b, e_ in r.spans) for s, e in offsets]
         if len(ids) > cutoff_len:
             ends = [i + 1 for i in range(cutoff_len) if trained[i] and (i + 1 == len(ids) or not trained[i + 1])]
@@ -371,7 +372,7 @@ def encode(conversations: list[list[dict]], tokenizer, template, cutoff_len: int
             else:
                 cut, stats.truncated_answer = cutoff_len, stats.truncated_answer + 1
             ids, trained = ids[:cut], trained[:cut]
-        labels = [t if keep else IGNORE for t, keep in zip(ids, trained)]
+        labels = [t if keep else IGNORE for t, keep in zip(ids, trained, strict=True)]
         n_trained = sum(keep for keep in trained)
         if not n_trained:
             stats.dropped += 1
@@ -385,15 +386,6 @@ def encode(conversations: list[list[dict]], tokenizer, template, cutoff_len: int
     if not stats.eot_trained and eot_ids is None:  # end-of-turn is not one token: look at the trained text
         stats.eot_trained = any(any(stop in r.text[a:b] for stop in template.stop) for r in rendered for a, b in r.spans)
     return examples, stats
-
-
-def _single_token_ids(tokenizer, stops) -> set[int] | None:
-    ids = set()
-    for s in stops:
-        toks = tokenizer(s, add_special_tokens=False)["input_ids"]
-        if len(toks) == 1:
-            ids.add(toks[0])
-    return ids or None
 
 
 @dataclass

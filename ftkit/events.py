@@ -6,7 +6,7 @@ Events are plain dicts with a `kind`, so they cross process boundaries as JSON
 lines unchanged. A subscriber that returns "stop" asks the run to end after the
 current step (a Stop button does this); what was trained is saved.
 
-    begin  {examples, eval_examples, tokens, trained_tokens, eot_trained, truncated, trainable_params,
+    begin  {examples, eval_examples, tokens, length_median, length_max, trained_tokens, eot_trained, truncated, trainable_params,
             total_params, max_steps, batch_tokens, device, model, finetuning, output_dir, note, config}
     step   {step, max_steps, epoch, loss, lr, grad_norm, tokens_per_s, memory_mb, memory_total_mb, elapsed_s, eta_s}
     eval   {step, eval_loss}
@@ -42,7 +42,7 @@ class Emitter:
                 if cb(event) == "stop":
                     self.stop_requested = True
             except Exception as e:  # a display must never kill a run
-                warnings.warn(f"ftkit: event subscriber {cb!r} failed and was removed: {e!r}")
+                warnings.warn(f"ftkit: event subscriber {cb!r} failed and was removed: {e!r}", stacklevel=2)
                 self.callbacks.remove(cb)
         return event
 
@@ -102,8 +102,9 @@ def preflight_text(e: Event) -> str:
     trainable, total = e["trainable_params"], e["total_params"]
     lines = [
         f"ftkit run -> {e['output_dir']}",
-        f"  data     {e['examples']:,} examples ({e['eval_examples']:,} held out), {e['tokens']:,} tokens, "
-        f"{e['trained_tokens']:,} trained ({100 * e['trained_tokens'] / max(e['tokens'], 1):.0f}%)",
+        f"  data     {e['examples']:,} examples ({e['eval_examples']:,} held out), {e['tokens']:,} tokens "
+        f"(median {e['length_median']}, longest {e['length_max']}), {e['trained_tokens']:,} trained "
+        f"({100 * e['trained_tokens'] / max(e['tokens'], 1):.0f}%)",
         f"  labels   end-of-turn token trained: {'yes' if e['eot_trained'] else 'NO'}",
         f"  model    {e['model']} on {e['device']}, {e['finetuning']}: {trainable:,} of {total:,} parameters "
         f"train ({100 * trainable / max(total, 1):.2f}%)",

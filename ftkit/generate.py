@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ftkit.errors import ModelError
+from ftkit.templates import single_token_ids
 from ftkit.train import ADAPTER_CONFIG
 
 _CACHE: dict = {}
@@ -61,12 +62,8 @@ def load(model: str, adapter: str | None = None, template: str | None = None):
 
 
 def stop_ids(tokenizer, template) -> list[int]:
-    ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    for s in template.stop:
-        tok = tokenizer(s, add_special_tokens=False)["input_ids"]
-        if len(tok) == 1 and tok[0] not in ids:
-            ids.append(tok[0])
-    return ids
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    return list(dict.fromkeys(eos + single_token_ids(tokenizer, template.stop)))
 
 
 def generate(model, prompt, adapter=None, template=None, max_new_tokens: int = 256, system: str | None = None,

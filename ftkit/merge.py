@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ftkit.config import RunConfig
 from ftkit.errors import ModelError
+from ftkit.templates import single_token_ids
 from ftkit.train import ADAPTER_CONFIG, replace_dir
 
 PROBE = [[{"role": "user", "content": "What is LoRA?"}],
@@ -102,11 +103,7 @@ def _set_stop_tokens(folder: Path, tokenizer, template) -> None:
     """generation_config.json lists the end-of-turn tokens, so plain `generate` stops at end of turn."""
     from transformers import GenerationConfig
 
-    ids = []
-    for s in template.stop:
-        tok = tokenizer(s, add_special_tokens=False)["input_ids"]
-        if len(tok) == 1 and tok[0] not in ids:
-            ids.append(tok[0])
+    ids = single_token_ids(tokenizer, template.stop)
     gen = GenerationConfig.from_pretrained(folder) if (folder / "generation_config.json").exists() \
         else GenerationConfig()
     eos = gen.eos_token_id if isinstance(gen.eos_token_id, list) else [gen.eos_token_id]

@@ -193,6 +193,16 @@ TEMPLATES: dict[str, Template] = {t.name: t for t in [
 ]}
 
 
+def single_token_ids(tokenizer, texts) -> list[int]:
+    """Ids of the strings that are one token for this tokenizer (end-of-turn markers), in order, once each."""
+    ids = []
+    for text in texts:
+        tok = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(tok) == 1 and tok[0] not in ids:
+            ids.append(tok[0])
+    return ids
+
+
 def check_template_name(name: str) -> str | None:
     """None if `name` is auto or a built-in, else the problem with a suggestion."""
     if name == "auto" or name in TEMPLATES:

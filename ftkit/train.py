@@ -92,7 +92,9 @@ def train(config, callbacks=(), console: bool = True) -> Run:
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.jsonl").unlink(missing_ok=True)
     cfg.save(out / RUN_CONFIG)
+    lengths = sorted(stats.lengths)
     emit("begin", examples=stats.examples, eval_examples=len(prepared.eval), tokens=stats.tokens,
+         length_median=lengths[len(lengths) // 2], length_max=lengths[-1],
          trained_tokens=stats.trained_tokens, eot_trained=stats.eot_trained, truncated=_truncation_text(cfg, stats),
          trainable_params=trainable, total_params=total, max_steps=trainer.args.max_steps,
          batch_tokens=_batch_text(cfg), device=M.device(), model=cfg.model_name_or_path,

@@ -204,7 +204,7 @@ def multi_turn_conversations(rng: random.Random) -> list[list[dict]]:
             convs.append([_u(f"What is {term}?"), _a(en), _u("Please say that in Chinese."), _a(zh)])
         else:
             convs.append([_u(f"什么是{term_zh}？"), _a(zh), _u("请用英文再说一遍。"), _a(en)])
-    for i in range(12):
+    for _ in range(12):
         (en, zh), (en2, zh2) = rng.sample(SENTENCES, 2)
         convs.append([
             _u("你好！"), _a(f"你好！我是{NAME_ZH}，有什么可以帮你？"),

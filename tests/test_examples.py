@@ -55,3 +55,13 @@ def test_notebooks_match_their_sources():
         built = notebook(runpy.run_path(str(src))["CELLS"])
         committed = json.loads(src.with_suffix(".ipynb").read_text(encoding="utf-8"))
         assert committed == built, f"{src.name}: rebuild with scripts/make_notebook.py"
+
+
+def test_demo_data_and_corpus_match_their_generator():
+    import json
+
+    import make_demo_data
+
+    committed = json.loads((REPO / "data" / "demo_zh_en.json").read_text(encoding="utf-8"))
+    assert committed == make_demo_data.build(), "rebuild with python scripts/make_demo_data.py"
+    assert (REPO / "data" / "corpus" / "glossary.txt").read_text(encoding="utf-8") == make_demo_data.corpus_text()

@@ -285,7 +285,10 @@ def test_pretraining_script_builds_a_loadable_model(tmp_path):
     from ftkit import tiny
 
     info = tiny.pretrain(DATA / "corpus", tmp_path, steps=3, batch=2, seq=32, threads=1, log_every=1)
+    again = tiny.pretrain(DATA / "corpus", tmp_path / "again", steps=3, batch=2, seq=32, threads=1, log_every=1)
     assert info["steps"] == 3 and info["corpus_tokens"] > 5000
+    assert info["final_loss"] == again["final_loss"], "the build is deterministic"
+    assert (tmp_path / "tokenizer.json").read_bytes() == (tmp_path / "again" / "tokenizer.json").read_bytes()
     tok = AutoTokenizer.from_pretrained(tmp_path)
     assert tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False,
                                    add_generation_prompt=True) == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
