@@ -115,11 +115,13 @@ def cmd_convert(argv: list[str]) -> int:
 
 
 def cmd_models(argv: list[str]) -> int:
-    from ftkit.templates import TEMPLATES, VERIFIED_ARCHITECTURES
+    from ftkit.architectures import DEFAULT_TEMPLATES
+    from ftkit.templates import TEMPLATES
 
-    print("architectures verified end to end (train, merge, generate) by ftkit's tests:")
-    for arch, (template, note) in VERIFIED_ARCHITECTURES.items():
-        print(f"  {arch:<12} template {template:<9} {note}")
+    print("architectures verified by ftkit's tests (LoRA on all linear layers and MoE experts, merge, generate),\n"
+          "with the template `auto` falls back to when a tokenizer has no chat_template:")
+    for arch, template in DEFAULT_TEMPLATES.items():
+        print(f"  {arch:<12} {template}")
     print("\nbuilt-in chat templates (template: NAME; `auto` uses the tokenizer's own):")
     for t in TEMPLATES.values():
         print(f"  {t.name:<10} {t.family}")

@@ -45,7 +45,7 @@ def load(model: str, adapter: str | None = None, template: str | None = None):
     tokenizer = M.load_tokenizer(adapter or path)  # an adapter folder carries the run's tokenizer
     tokenizer.padding_side = "left"
     name = template or _template_name(adapter, path) or "auto"
-    tmpl = templates.get_template(name, tokenizer)
+    tmpl = templates.get_template(name, tokenizer, M.model_type(path))
     dev = M.device()
     dtype = torch.bfloat16 if dev == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
     try:

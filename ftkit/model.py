@@ -35,6 +35,16 @@ def resolve(name_or_path: str) -> str:
     return name_or_path  # a Hugging Face hub name
 
 
+def model_type(model_path: str) -> str | None:
+    """config.json's model_type, without loading weights (None when it cannot be read)."""
+    try:
+        from transformers import AutoConfig
+
+        return AutoConfig.from_pretrained(model_path).model_type
+    except (OSError, ValueError):
+        return None
+
+
 def device() -> str:
     import torch
 
@@ -67,8 +77,9 @@ def load_tokenizer(model_path: str, tokenizer_path: str | None = None, trust_rem
     return tok
 
 
-def attention_impl(choice: str) -> tuple[str, str | None]:
-    """(implementation, note): fa2 only where flash-attn is installed and CUDA is present."""
+def attention_impl(choice: str) -> tuple[str | None, str | None]:
+    """(implementation, note). `auto` lets transformers pick (sdpa where the architecture has it, else eager);
+    fa2 only where flash-attn is installed and CUDA is present, else the same automatic choice."""
     import importlib.util
 
     if choice in ("sdpa", "eager"):
@@ -77,8 +88,8 @@ def attention_impl(choice: str) -> tuple[str, str | None]:
         if device() == "cuda" and importlib.util.find_spec("flash_attn"):
             return "flash_attention_2", None
         why = "no CUDA device" if device() != "cuda" else "flash-attn is not installed"
-        return "sdpa", f"flash_attn: fa2 unavailable ({why}); using sdpa"
-    return "sdpa", None
+        return None, f"flash_attn: fa2 unavailable ({why}); using the default attention (sdpa where supported)"
+    return None, None
 
 
 def load_model(cfg, model_path: str, for_training: bool = True):
@@ -102,6 +113,11 @@ def load_model(cfg, model_path: str, for_training: bool = True):
     except ImportError as e:
         raise ModelError(f"{model_path}: {_first_line(e)}") from None
     except (OSError, ValueError) as e:
+        kind = model_type(model_path)
+        if "Unrecognized configuration class" in str(e):
+            raise ModelError(f"{model_path}: model type {kind!r} is not a causal (decoder-only) language model "
+                             "that transformers' AutoModelForCausalLM can load; ftkit fine-tunes those "
+                             "(`ftkit models` lists the verified ones)") from None
         raise ModelError(f"{model_path}: cannot load the model ({_first_line(e)})") from None
     if for_training:
         model.config.use_cache = False
@@ -115,18 +131,58 @@ def load_model(cfg, model_path: str, for_training: bool = True):
     return model
 
 
-def linear_names(model) -> list[str]:
-    """Leaf names of every linear layer (plain or bitsandbytes) except the output head."""
+def _is_linear(module) -> bool:
     import torch
 
+    # plain, bitsandbytes 4/8-bit, and GPT-2 style Conv1D (a linear layer with transposed weight)
+    return isinstance(module, torch.nn.Linear) or type(module).__name__ in ("Linear4bit", "Linear8bitLt", "Conv1D")
+
+
+def lora_candidates(model) -> tuple[dict[str, str], dict[str, str]]:
+    """Where LoRA can go: {leaf name: module type} of linear layers (the head excluded), and
+    {parameter name: "module.param"} of 3-D expert weights in mixture-of-experts blocks."""
     head = model.get_output_embeddings()
-    names = set()
+    linear, experts = {}, {}
     for full, module in model.named_modules():
         if module is head or full.endswith("lm_head"):
             continue
-        if isinstance(module, torch.nn.Linear) or type(module).__name__ in ("Linear4bit", "Linear8bitLt"):
-            names.add(full.rsplit(".", 1)[-1])
-    return sorted(names)
+        leaf = full.rsplit(".", 1)[-1]
+        if _is_linear(module):
+            linear[leaf] = type(module).__name__
+        for pname, p in module.named_parameters(recurse=False):
+            if p.dim() == 3:  # fused experts: (n_experts, out, in)
+                experts[pname] = f"{leaf}.{pname}"
+    return linear, experts
+
+
+def lora_config(model, cfg):
+    """peft LoraConfig for the config's targets; `all` = every linear layer and expert weight, not head or router."""
+    from peft import LoraConfig
+
+    from ftkit.architectures import ROUTER_NAMES
+
+    linear, experts = lora_candidates(model)
+    wanted = cfg.lora_targets
+    if wanted == ["all"]:
+        wanted = [n for n in dict.fromkeys([*linear, *experts]) if n not in ROUTER_NAMES]
+    missing = [t for t in wanted if t not in linear and t not in experts]
+    if missing:
+        available = sorted(linear) + sorted(f"{e} (experts)" for e in experts)
+        raise ConfigError(f"lora_target: {', '.join(missing)} match no linear layer of this model; "
+                          f"it has: {', '.join(available)} (or use all)")
+    modules = sorted(t for t in wanted if t in linear)
+    params = sorted({experts[t] for t in wanted if t in experts})  # a name may be both (dense and expert MLPs)
+    config = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha or 2 * cfg.lora_rank, lora_dropout=cfg.lora_dropout,
+                        target_modules=modules, target_parameters=params or None, task_type="CAUSAL_LM",
+                        fan_in_fan_out=any(linear[m] == "Conv1D" for m in modules))
+    config.target_modules_requested = set(modules)  # peft may rewrite target_modules (MoE name conversion)
+    return config
+
+
+def _unadapted(model, lora) -> list[str]:
+    """Requested linear names of which some layer is still a bare linear layer (peft wraps the ones it adapts)."""
+    return sorted({full.rsplit(".", 1)[-1] for full, module in model.named_modules()
+                   if full.rsplit(".", 1)[-1] in lora.target_modules_requested and _is_linear(module)})
 
 
 def decoder_layers(model):
@@ -144,23 +200,18 @@ def make_trainable(model, cfg):
     import torch
 
     if cfg.finetuning_type == "lora":
-        from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+        from peft import get_peft_model, prepare_model_for_kbit_training
 
-        available = linear_names(model)
-        targets = cfg.lora_targets
-        if targets == ["all"]:
-            targets = available
-        missing = [t for t in targets if t not in available]
-        if missing:
-            raise ConfigError(f"lora_target: {', '.join(missing)} match no linear layer of this model; "
-                              f"it has: {', '.join(available)} (or use all)")
+        lora = lora_config(model, cfg)
         if cfg.quantization_bit:
             model = prepare_model_for_kbit_training(
                 model, use_gradient_checkpointing=cfg.gradient_checkpointing,
                 gradient_checkpointing_kwargs={"use_reentrant": False})
-        lora = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha or 2 * cfg.lora_rank,
-                          lora_dropout=cfg.lora_dropout, target_modules=targets, task_type="CAUSAL_LM")
         model = get_peft_model(model, lora)
+        skipped = _unadapted(model, lora)
+        if skipped:  # peft maps v4 expert names onto transformers 5's fused experts, and dense layers sharing them
+            model.ftkit_lora_note = (f"LoRA not applied to {', '.join(skipped)} (peft reads these names as the fused "
+                                     "expert weights on this MoE model); attention and experts are adapted")
     elif cfg.finetuning_type == "freeze":
         layers = decoder_layers(model)
         if cfg.freeze_trainable_layers > len(layers):

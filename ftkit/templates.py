@@ -214,18 +214,18 @@ def check_template_name(name: str) -> str | None:
     return f"template: {name!r} is not a known template; {hint}choose auto or one of {', '.join(TEMPLATES)}"
 
 
-def get_template(name: str, tokenizer):
-    """The template to train and chat with: a built-in bound to the tokenizer, or `auto`."""
+def get_template(name: str, tokenizer, model_type: str | None = None):
+    """The template to train and chat with: a built-in bound to the tokenizer, or `auto` (the tokenizer's own;
+    for a tokenizer without one, the model family's default built-in)."""
     problem = check_template_name(name)
     if problem:
         raise ConfigError(problem)
     if name == "auto":
-        return TokenizerTemplate(tokenizer)
+        from ftkit.architectures import DEFAULT_TEMPLATES
+
+        fallback = DEFAULT_TEMPLATES.get(model_type or "", "auto")
+        if getattr(tokenizer, "chat_template", None) or fallback == "auto":
+            return TokenizerTemplate(tokenizer)
+        name = fallback
     return TEMPLATES[name].bind(tokenizer)
 
-
-# model_type -> (default template, what the tests exercise); extended as architectures are verified
-VERIFIED_ARCHITECTURES = {
-    "llama": ("llama3", "tested on the embedded `tiny` Llama (its own ChatML template, `auto`): "
-                        "LoRA, QLoRA 4/8-bit, full, freeze, merge, chat"),
-}

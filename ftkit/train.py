@@ -74,7 +74,7 @@ def train(config, callbacks=(), console: bool = True) -> Run:
     out = cfg.run_dir
     model_path = M.resolve(cfg.model_name_or_path)
     tokenizer = M.load_tokenizer(model_path, cfg.tokenizer_name_or_path, cfg.trust_remote_code)
-    template = templates.get_template(cfg.template, tokenizer)
+    template = templates.get_template(cfg.template, tokenizer, M.model_type(model_path))
     prepared = data.prepare(cfg, tokenizer, template)
     stats = prepared.stats
     if not stats.eot_trained and not cfg.train_on_prompt:
@@ -150,7 +150,7 @@ def check_run(cfg: RunConfig) -> None:
 def _notes(cfg: RunConfig, model) -> str | None:
     from ftkit.model import device
 
-    notes = [getattr(model, "ftkit_attention_note", None)]
+    notes = [getattr(model, "ftkit_attention_note", None), getattr(model, "ftkit_lora_note", None)]
     if cfg.bf16 and device() == "cpu":
         notes.append("bf16 on a CPU: correct but slow unless the CPU has bf16 instructions (AVX512-BF16/AMX)")
     return "; ".join(n for n in notes if n) or None
