@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,7 @@ from ftkit.errors import ConfigError
 
 FINETUNING_TYPES = ("lora", "full", "freeze")
 FLASH_ATTN = ("auto", "fa2", "sdpa", "eager")
+LORA_INITS = ("gaussian", "pissa", "olora", "corda", "eva", "orthogonal")
 
 
 def _f(default: Any, help: str, **kw) -> Any:
@@ -55,6 +57,12 @@ class RunConfig:
     lora_rank: int = _f(8, "LoRA rank r: size of the low-rank matrices.")
     lora_alpha: int | None = _f(None, "LoRA scaling alpha; default 2 x lora_rank.")
     lora_dropout: float = _f(0.0, "Dropout on the LoRA input.")
+    use_dora: bool = _f(False, "DoRA: LoRA with a learned magnitude per output (weight-decomposed); slower, often better.")
+    use_rslora: bool = _f(False, "rsLoRA: scale updates by alpha/sqrt(r) instead of alpha/r (stable at high ranks).")
+    init_lora_weights: bool | str = _f(True, "LoRA init: true (B=0), gaussian, pissa, pissa_niter_N, olora, corda.")
+    pissa_init: bool = _f(False, "Shorthand for init_lora_weights: pissa_niter_16 (PiSSA from principal components).")
+    modules_to_save: str | list[str] | None = _f(None, "Whole modules that train and are saved besides LoRA, e.g. embed_tokens,lm_head.")
+    new_special_tokens: str | list[str] | None = _f(None, "Tokens to add to the tokenizer; embeddings grow and train.")
     freeze_trainable_layers: int = _f(2, "freeze tuning: how many of the last decoder layers train.")
     quantization_bit: int | None = _f(None, "Load the base in 4 or 8 bits (QLoRA, bitsandbytes).")
     quantization_type: str = _f("nf4", "4-bit type: nf4 | fp4.")
@@ -78,7 +86,7 @@ class RunConfig:
     seed: int = _f(42, "Random seed for data order and initialisation.")
     output_dir: str | None = _f(None, "Run folder; default outputs/<model>-<finetuning_type>.")
     overwrite_output_dir: bool = _f(False, "Reuse an output_dir that holds another run.")
-    resume_from_checkpoint: str | bool | None = _f(None, "true (last checkpoint in output_dir) or a checkpoint folder.")
+    resume_from_checkpoint: bool | str | None = _f(None, "true (last checkpoint in output_dir) or a checkpoint folder.")
     threads: int | None = _f(None, "CPU threads for torch; default: all cores (set 1 when processes share cores).")
     # passthrough TrainingArguments fields (optim, weight_decay, ...), filled by from_dict
     extra: dict = _f({}, "Other transformers.TrainingArguments fields, passed through.", internal=True)
@@ -169,6 +177,9 @@ class RunConfig:
             p.append(f"lora_dropout: must be in [0, 1), got {self.lora_dropout}")
         if not 0 <= self.warmup_ratio < 1:
             p.append(f"warmup_ratio: must be in [0, 1), got {self.warmup_ratio}")
+        init = self.init_lora_weights
+        if isinstance(init, str) and init not in LORA_INITS and not re.fullmatch(r"pissa_niter_\d+", init):
+            p.append(f"init_lora_weights: {init!r} is not one of true, false, {', '.join(LORA_INITS)}, pissa_niter_N")
         if self.threads is not None and self.threads < 1:
             p.append(f"threads: must be at least 1, got {self.threads}")
         return p
@@ -177,8 +188,19 @@ class RunConfig:
 
     @property
     def lora_targets(self) -> list[str]:
-        t = self.lora_target
-        return [s.strip() for s in (t.split(",") if isinstance(t, str) else t) if s.strip()]
+        return _names(self.lora_target)
+
+    @property
+    def lora_init(self):
+        return "pissa_niter_16" if self.pissa_init else self.init_lora_weights
+
+    @property
+    def extra_modules(self) -> list[str]:
+        return _names(self.modules_to_save)
+
+    @property
+    def added_tokens(self) -> list[str]:
+        return _names(self.new_special_tokens)
 
     @property
     def datasets(self) -> list[str]:
@@ -214,10 +236,14 @@ GROUP_ALIASES = {"lora_config": _LORA_KEYS, "lora": _LORA_KEYS, "train": {}, "mo
                  "output": {}, "quantization": {}}
 
 
+KEY_ALIASES = {"additional_target": "modules_to_save"}  # LLaMA-Factory's name for the same thing
+
+
 def flatten(raw: dict) -> dict:
     """Map the seed's grouped spelling onto flat keys; flat keys pass unchanged."""
     flat = {}
     for key, value in raw.items():
+        key = KEY_ALIASES.get(key, key)
         aliases = GROUP_ALIASES.get(key)
         if aliases is not None and isinstance(value, dict):
             flat.update({aliases.get(k, k): v for k, v in value.items()})
@@ -271,6 +297,13 @@ def parse_yaml(text: str, where: str = "config") -> dict:
 
 
 # ---- helpers -----------------------------------------------------------------
+
+def _names(value) -> list[str]:
+    """A comma-separated string or a list, as a list of names."""
+    if not value:
+        return []
+    return [s.strip() for s in (value.split(",") if isinstance(value, str) else value) if s.strip()]
+
 
 def training_argument_names() -> set[str]:
     """TrainingArguments fields that may pass through (imports transformers only when needed)."""

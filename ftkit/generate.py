@@ -55,6 +55,7 @@ def load(model: str, adapter: str | None = None, template: str | None = None):
     if adapter:
         from peft import PeftModel
 
+        M.match_vocab(net, tokenizer)  # the run may have added tokens
         net = PeftModel.from_pretrained(net, adapter)
     net.to(dev).eval()
     _CACHE[key] = (net, tokenizer, tmpl)

@@ -64,6 +64,7 @@ def merge(adapter_dir: str | Path, out: str | Path | None = None, tolerance: flo
 
     base = AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype,
                                                 trust_remote_code=bool(cfg and cfg.trust_remote_code))
+    M.match_vocab(base, tokenizer)  # the run may have added tokens
     dev = M.device()
     model = PeftModel.from_pretrained(base, str(adapter)).to(dev).eval()
     probe = _probe_batch(tokenizer, template, dev)

@@ -61,7 +61,8 @@ def compute_dtype(cfg):
     return torch.float32
 
 
-def load_tokenizer(model_path: str, tokenizer_path: str | None = None, trust_remote_code: bool = False):
+def load_tokenizer(model_path: str, tokenizer_path: str | None = None, trust_remote_code: bool = False,
+                   new_tokens: list[str] = ()):
     quiet()
     from transformers import AutoTokenizer
 
@@ -73,6 +74,8 @@ def load_tokenizer(model_path: str, tokenizer_path: str | None = None, trust_rem
                          "set tokenizer_name_or_path") from None
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token or tok.unk_token
+    if new_tokens:
+        tok.add_tokens(list(new_tokens), special_tokens=True)
     tok.padding_side = "right"
     return tok
 
@@ -172,11 +175,28 @@ def lora_config(model, cfg):
                           f"it has: {', '.join(available)} (or use all)")
     modules = sorted(t for t in wanted if t in linear)
     params = sorted({experts[t] for t in wanted if t in experts})  # a name may be both (dense and expert MLPs)
+    save = list(cfg.extra_modules)
+    if cfg.added_tokens:  # new tokens need trained embeddings (and head, unless it is tied to them)
+        save += [_leaf_name(model, model.get_input_embeddings())]
+        if not model.config.get_text_config().tie_word_embeddings:
+            save += [_leaf_name(model, model.get_output_embeddings())]
     config = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha or 2 * cfg.lora_rank, lora_dropout=cfg.lora_dropout,
                         target_modules=modules, target_parameters=params or None, task_type="CAUSAL_LM",
-                        fan_in_fan_out=any(linear[m] == "Conv1D" for m in modules))
+                        fan_in_fan_out=any(linear[m] == "Conv1D" for m in modules), use_dora=cfg.use_dora,
+                        use_rslora=cfg.use_rslora, init_lora_weights=cfg.lora_init,
+                        modules_to_save=list(dict.fromkeys(save)) or None, ensure_weight_tying=bool(save))
     config.target_modules_requested = set(modules)  # peft may rewrite target_modules (MoE name conversion)
     return config
+
+
+def _leaf_name(model, module) -> str:
+    return next(name.rsplit(".", 1)[-1] for name, m in model.named_modules() if m is module)
+
+
+def match_vocab(model, tokenizer) -> None:
+    """Grow the embeddings (mean-initialised rows) when the tokenizer has more tokens than the model."""
+    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
 
 
 def _unadapted(model, lora) -> list[str]:
@@ -220,6 +240,9 @@ def make_trainable(model, cfg):
         model.requires_grad_(False)
         for layer in layers[-cfg.freeze_trainable_layers:]:
             layer.requires_grad_(True)
+        if cfg.added_tokens:
+            model.get_input_embeddings().requires_grad_(True)
+            model.get_output_embeddings().requires_grad_(True)
     else:
         model.requires_grad_(True)
     for p in model.parameters():  # trainable weights stay fp32 even when the frozen base is half precision

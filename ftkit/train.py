@@ -73,7 +73,7 @@ def train(config, callbacks=(), console: bool = True) -> Run:
         torch.set_num_threads(cfg.threads)
     out = cfg.run_dir
     model_path = M.resolve(cfg.model_name_or_path)
-    tokenizer = M.load_tokenizer(model_path, cfg.tokenizer_name_or_path, cfg.trust_remote_code)
+    tokenizer = M.load_tokenizer(model_path, cfg.tokenizer_name_or_path, cfg.trust_remote_code, cfg.added_tokens)
     template = templates.get_template(cfg.template, tokenizer, M.model_type(model_path))
     prepared = data.prepare(cfg, tokenizer, template)
     stats = prepared.stats
@@ -83,13 +83,16 @@ def train(config, callbacks=(), console: bool = True) -> Run:
                         "and cutoff_len")
 
     set_seed(cfg.seed)  # LoRA's initial weights come from the global RNG: seed before adapting
-    model = M.make_trainable(M.load_model(cfg, model_path), cfg)
+    model = M.load_model(cfg, model_path)
+    M.match_vocab(model, tokenizer)
+    model = M.make_trainable(model, cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    initial = _save_initial_adapter(model, cfg, out)
     run = Run(cfg, out)
     subscribers = [run.record, JsonlLog(out / "metrics.jsonl")] + ([ConsoleProgress()] if console else [])
     emit = Emitter(subscribers + list(callbacks))
     trainer = _trainer(cfg, model, tokenizer, prepared, emit, run)
     trainable, total = M.count_parameters(model)
-    out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.jsonl").unlink(missing_ok=True)
     cfg.save(out / RUN_CONFIG)
     lengths = sorted(stats.lengths)
@@ -106,7 +109,7 @@ def train(config, callbacks=(), console: bool = True) -> Run:
     except KeyboardInterrupt:
         run.stopped = True  # save what was trained below; the caller sees run.stopped
     run.stopped = run.stopped or run._stop_requested or emit.stop_requested
-    run.adapter_dir = save_trained(trainer.model, tokenizer, template, cfg, out)
+    run.adapter_dir = save_trained(trainer.model, tokenizer, template, cfg, out, initial)
     state = trainer.state
     train_loss = next((h["train_loss"] for h in reversed(state.log_history) if "train_loss" in h), None)
     emit("end", step=state.global_step, train_loss=train_loss, runtime_s=time.time() - run.metrics[0]["time"],
@@ -292,12 +295,29 @@ def _memory_mb() -> tuple[float, float]:
     return psutil.Process().memory_info().rss / 2**20, psutil.virtual_memory().total / 2**20
 
 
-def save_trained(model, tokenizer, template, cfg: RunConfig, out: Path) -> Path:
+def _save_initial_adapter(model, cfg: RunConfig, out: Path) -> Path | None:
+    """PiSSA/OLoRA/CorDA start by moving part of the base weights into the adapter; saving the start lets the
+    final adapter be converted to one that applies to the original base model (what merge and chat load)."""
+    init = cfg.lora_init
+    if cfg.finetuning_type != "lora" or not isinstance(init, str) or init in ("gaussian", "eva", "orthogonal"):
+        return None
+    path = out / "lora_init"  # peft names the adapter after the folder: no dots
+    peft_config = model.peft_config["default"]
+    peft_config.init_lora_weights = True  # the saved start must load as a plain adapter
+    model.save_pretrained(path, safe_serialization=True)
+    peft_config.init_lora_weights = init
+    return path
+
+
+def save_trained(model, tokenizer, template, cfg: RunConfig, out: Path, initial: Path | None = None) -> Path:
     """Adapter (LoRA) or model (full/freeze) + tokenizer + run config, written atomically."""
     final = out / ("adapter" if cfg.finetuning_type == "lora" else "model")
     tmp = out / f".{final.name}.partial-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
+    if initial:  # rank 2r adapter for the original base
+        model.save_pretrained(tmp, safe_serialization=True, path_initial_model_for_weight_conversion=str(initial))
+    else:
+        model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.chat_template = template.jinja()
     tokenizer.save_pretrained(tmp)
     cfg.save(tmp / ADAPTER_CONFIG)
