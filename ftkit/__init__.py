@@ -23,6 +23,13 @@ def train(config, callbacks=(), console: bool = True):
     return _train(config, callbacks=callbacks, console=console)
 
 
+def plan(config):
+    """Check and size a run without loading weights (what `--dry-run` prints); see Plan.summary()."""
+    from ftkit.train import plan as _plan
+
+    return _plan(config)
+
+
 def merge(adapter_dir, out=None, **kw):
     """Fold a LoRA adapter into its base model; returns the merged folder."""
     from ftkit.merge import merge as _merge
@@ -56,4 +63,4 @@ class _Package(types.ModuleType):
 sys.modules[__name__].__class__ = _Package
 
 __all__ = ["RunConfig", "ConfigError", "DataError", "FtkitError", "ModelError",
-           "train", "merge", "generate", "convert", "__version__"]
+           "train", "plan", "merge", "generate", "convert", "__version__"]

@@ -30,14 +30,24 @@ def cmd_train(argv: list[str]) -> int:
     from ftkit.config import RunConfig, help_text, parse_overrides
 
     if "-h" in argv or "--help" in argv:
-        print("usage: ftkit train [CONFIG.yaml] [key=value | --key value ...]\n\n"
-              "Fine-tune as the config says; flags and key=value override its keys.\n\nkeys:\n" + help_text())
+        print("usage: ftkit train [CONFIG.yaml] [key=value | --key value ...] [--dry-run]\n\n"
+              "Fine-tune as the config says; flags and key=value override its keys. --dry-run checks the config\n"
+              "and data and prints the plan (parameters, steps, memory estimate) without loading weights.\n\n"
+              "keys:\n" + help_text())
         return 0
+    dry_run = "--dry-run" in argv
+    argv = [a for a in argv if a != "--dry-run"]
     source, rest = ({}, argv)
     if argv and not argv[0].startswith("--") and "=" not in argv[0]:
         source, rest = Path(argv[0]), argv[1:]
     cfg = RunConfig.from_any(source, parse_overrides(rest))
     import ftkit
+
+    if dry_run:
+        from ftkit.events import preflight_text
+
+        print(cfg.to_yaml() + "\n" + preflight_text(ftkit.plan(cfg).summary()) + "\n(dry run: no weights loaded)")
+        return 0
 
     run = ftkit.train(cfg)
     if run.stopped:

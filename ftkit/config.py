@@ -87,6 +87,7 @@ class RunConfig:
     output_dir: str | None = _f(None, "Run folder; default outputs/<model>-<finetuning_type>.")
     overwrite_output_dir: bool = _f(False, "Reuse an output_dir that holds another run.")
     resume_from_checkpoint: bool | str | None = _f(None, "true (last checkpoint in output_dir) or a checkpoint folder.")
+    ignore_memory_estimate: bool = _f(False, "Start even when the memory estimate exceeds what the device has.")
     threads: int | None = _f(None, "CPU threads for torch; default: all cores (set 1 when processes share cores).")
     # passthrough TrainingArguments fields (optim, weight_decay, ...), filled by from_dict
     extra: dict = _f({}, "Other transformers.TrainingArguments fields, passed through.", internal=True)

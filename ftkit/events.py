@@ -7,7 +7,8 @@ lines unchanged. A subscriber that returns "stop" asks the run to end after the
 current step (a Stop button does this); what was trained is saved.
 
     begin  {examples, eval_examples, tokens, length_median, length_max, trained_tokens, eot_trained, truncated, trainable_params,
-            total_params, max_steps, batch_tokens, device, model, finetuning, output_dir, note, config}
+            total_params, max_steps, batch_tokens, device, model, finetuning, output_dir, memory, memory_mb,
+            memory_available_mb, note, config}
     step   {step, max_steps, epoch, loss, lr, grad_norm, tokens_per_s, memory_mb, memory_total_mb, elapsed_s, eta_s}
     eval   {step, eval_loss}
     save   {step, path}
@@ -109,9 +110,10 @@ def preflight_text(e: Event) -> str:
         f"  model    {e['model']} on {e['device']}, {e['finetuning']}: {trainable:,} of {total:,} parameters "
         f"train ({100 * trainable / max(total, 1):.2f}%)",
         f"  steps    {e['max_steps']:,} updates of {e['batch_tokens']}",
+        f"  memory   {e['memory']}; {e['memory_available_mb'] / 1024:,.1f} GiB available",
     ]
     if e.get("truncated"):
         lines.insert(2, f"  cutoff   {e['truncated']}")
-    if e.get("note"):
+    if e.get("note"):  # absent from a dry run
         lines.append(f"  note     {e['note']}")
     return "\n".join(lines)

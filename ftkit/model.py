@@ -253,13 +253,20 @@ def make_trainable(model, cfg):
     return model
 
 
-def count_parameters(model) -> tuple[int, int]:
-    trainable = total = 0
-    for p in model.parameters():
-        n = p.numel() * (2 if type(p).__name__ == "Params4bit" else 1)  # 4-bit packs two values a byte
-        total += n
-        trainable += n if p.requires_grad else 0
-    return trainable, total
+def skeleton(cfg, model_path: str, tokenizer):
+    """The model as the run will train it, on the meta device: shapes and counts without loading weights."""
+    import dataclasses
+
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(model_path, trust_remote_code=cfg.trust_remote_code)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=cfg.trust_remote_code)
+        match_vocab(model, tokenizer)
+        # quantization and data-dependent inits do not change which parameters train
+        plain = dataclasses.replace(cfg, quantization_bit=None, init_lora_weights=True, pissa_init=False)
+        return make_trainable(model, plain)
 
 
 def _first_line(e: Exception) -> str:

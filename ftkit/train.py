@@ -59,19 +59,44 @@ class Run:
         return f"Run({str(self.output_dir)!r}{last}{', stopped' if self.stopped else ''})"
 
 
-def train(config, callbacks=(), console: bool = True) -> Run:
-    """Fine-tune as `config` (RunConfig, dict or YAML path) says; returns the Run."""
+@dataclass
+class Plan:
+    """Everything known about a run before its weights load: what `--dry-run` shows and `train` starts from."""
+
+    config: RunConfig
+    model_path: str
+    tokenizer: Any
+    template: Any
+    data: Any            # data.Prepared
+    counts: dict         # parameters: total, trainable, quantizable
+    max_steps: int
+    memory: Any          # memory.Estimate
+    memory_available: int
+
+    def summary(self) -> dict:
+        """The pre-flight figures (the `begin` event's content)."""
+        from ftkit.model import device
+
+        cfg, stats = self.config, self.data.stats
+        lengths = sorted(stats.lengths)
+        return dict(
+            examples=stats.examples, eval_examples=len(self.data.eval), tokens=stats.tokens,
+            length_median=lengths[len(lengths) // 2], length_max=lengths[-1], trained_tokens=stats.trained_tokens,
+            eot_trained=stats.eot_trained, truncated=_truncation_text(cfg, stats),
+            trainable_params=self.counts["trainable"], total_params=self.counts["total"], max_steps=self.max_steps,
+            batch_tokens=_batch_text(cfg), device=device(), model=cfg.model_name_or_path,
+            finetuning=_method_text(cfg), output_dir=str(cfg.run_dir), memory=self.memory.text(),
+            memory_mb=self.memory.total / 2**20, memory_available_mb=self.memory_available / 2**20,
+            config=cfg.to_dict())
+
+
+def plan(config) -> Plan:
+    """Check, tokenize and size a run without loading weights; refuses runs that cannot learn or cannot fit."""
     cfg = config if isinstance(config, RunConfig) else RunConfig.from_any(config)
     check_run(cfg)
-    from ftkit import model as M, templates, data
+    from ftkit import data, memory, model as M, templates
 
     M.quiet()
-    import torch
-    from transformers import set_seed
-
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    out = cfg.run_dir
     model_path = M.resolve(cfg.model_name_or_path)
     tokenizer = M.load_tokenizer(model_path, cfg.tokenizer_name_or_path, cfg.trust_remote_code, cfg.added_tokens)
     template = templates.get_template(cfg.template, tokenizer, M.model_type(model_path))
@@ -81,9 +106,39 @@ def train(config, callbacks=(), console: bool = True) -> Run:
         raise DataError(f"template {cfg.template}: its end-of-turn marker ({' / '.join(template.stop)}) is never "
                         "among the trained tokens, so the model would never learn to stop; check the template "
                         "and cutoff_len")
+    skeleton = M.skeleton(cfg, model_path, tokenizer)
+    counts = memory.model_counts(skeleton)
+    seq_len = min(cfg.cutoff_len, max(stats.lengths))
+    estimate = memory.estimate(cfg, skeleton.config, counts, cfg.per_device_train_batch_size, seq_len)
+    budget = memory.available(M.device())
+    if estimate.total > budget and not cfg.ignore_memory_estimate:
+        raise ConfigError(
+            f"memory: this run needs {estimate.text()}, more than the {budget / 2**30:.1f} GiB "
+            f"{'the GPU has' if M.device() == 'cuda' else 'of RAM available'}; lower per_device_train_batch_size "
+            "(raise gradient_accumulation_steps to keep the batch), lower cutoff_len, set gradient_checkpointing: "
+            "true, or use QLoRA (quantization_bit: 4); ignore_memory_estimate: true tries anyway")
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    per_epoch = math.ceil(len(prepared.train) / (cfg.per_device_train_batch_size * world))
+    updates = math.ceil(per_epoch / cfg.gradient_accumulation_steps)
+    max_steps = cfg.max_steps if cfg.max_steps > 0 else math.ceil(updates * cfg.num_train_epochs)
+    return Plan(cfg, model_path, tokenizer, template, prepared, counts, max_steps, estimate, budget)
+
+
+def train(config, callbacks=(), console: bool = True) -> Run:
+    """Fine-tune as `config` (RunConfig, dict or YAML path) says; returns the Run."""
+    import torch
+    from transformers import set_seed
+
+    from ftkit import model as M
+
+    cfg = config if isinstance(config, RunConfig) else RunConfig.from_any(config)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    p = plan(cfg)
+    out, tokenizer = cfg.run_dir, p.tokenizer
 
     set_seed(cfg.seed)  # LoRA's initial weights come from the global RNG: seed before adapting
-    model = M.load_model(cfg, model_path)
+    model = M.load_model(cfg, p.model_path)
     M.match_vocab(model, tokenizer)
     model = M.make_trainable(model, cfg)
     out.mkdir(parents=True, exist_ok=True)
@@ -91,17 +146,10 @@ def train(config, callbacks=(), console: bool = True) -> Run:
     run = Run(cfg, out)
     subscribers = [run.record, JsonlLog(out / "metrics.jsonl")] + ([ConsoleProgress()] if console else [])
     emit = Emitter(subscribers + list(callbacks))
-    trainer = _trainer(cfg, model, tokenizer, prepared, emit, run)
-    trainable, total = M.count_parameters(model)
+    trainer = _trainer(cfg, model, tokenizer, p, emit, run)
     (out / "metrics.jsonl").unlink(missing_ok=True)
     cfg.save(out / RUN_CONFIG)
-    lengths = sorted(stats.lengths)
-    emit("begin", examples=stats.examples, eval_examples=len(prepared.eval), tokens=stats.tokens,
-         length_median=lengths[len(lengths) // 2], length_max=lengths[-1],
-         trained_tokens=stats.trained_tokens, eot_trained=stats.eot_trained, truncated=_truncation_text(cfg, stats),
-         trainable_params=trainable, total_params=total, max_steps=trainer.args.max_steps,
-         batch_tokens=_batch_text(cfg), device=M.device(), model=cfg.model_name_or_path,
-         finetuning=_method_text(cfg), output_dir=str(out), note=_notes(cfg, model), config=cfg.to_dict())
+    emit("begin", **p.summary(), note=_notes(cfg, model))
 
     resume = cfg.resume_from_checkpoint
     try:
@@ -109,7 +157,7 @@ def train(config, callbacks=(), console: bool = True) -> Run:
     except KeyboardInterrupt:
         run.stopped = True  # save what was trained below; the caller sees run.stopped
     run.stopped = run.stopped or run._stop_requested or emit.stop_requested
-    run.adapter_dir = save_trained(trainer.model, tokenizer, template, cfg, out, initial)
+    run.adapter_dir = save_trained(trainer.model, tokenizer, p.template, cfg, out, initial)
     state = trainer.state
     train_loss = next((h["train_loss"] for h in reversed(state.log_history) if "train_loss" in h), None)
     emit("end", step=state.global_step, train_loss=train_loss, runtime_s=time.time() - run.metrics[0]["time"],
@@ -159,15 +207,12 @@ def _notes(cfg: RunConfig, model) -> str | None:
     return "; ".join(n for n in notes if n) or None
 
 
-def _trainer(cfg: RunConfig, model, tokenizer, prepared, emit, run):
+def _trainer(cfg: RunConfig, model, tokenizer, p: Plan, emit, run):
+    import torch
     from transformers import PrinterCallback, ProgressCallback, TrainingArguments
 
-    world = int(os.environ.get("WORLD_SIZE", 1))
-    per_epoch = math.ceil(len(prepared.train) / (cfg.per_device_train_batch_size * world))
-    updates = math.ceil(per_epoch / cfg.gradient_accumulation_steps)
-    total = cfg.max_steps if cfg.max_steps > 0 else math.ceil(updates * cfg.num_train_epochs)
+    prepared, total = p.data, p.max_steps
     evaluate = bool(prepared.eval)
-    import torch
 
     kwargs = dict(
         output_dir=str(cfg.run_dir),

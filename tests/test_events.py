@@ -9,7 +9,8 @@ from ftkit.events import ConsoleProgress, Emitter, JsonlLog, read_jsonl
 BEGIN = dict(examples=10, eval_examples=2, tokens=400, length_median=35, length_max=80, trained_tokens=150,
              eot_trained=True, truncated=None, trainable_params=1000, total_params=100000, max_steps=5,
              batch_tokens="8 examples (8 x 1 accumulation)", device="cpu", model="tiny",
-             finetuning="LoRA r=8 on all", output_dir="outputs/x", note=None)
+             finetuning="LoRA r=8 on all", output_dir="outputs/x", note=None, memory="~700 MiB at peak (...)",
+             memory_mb=700.0, memory_available_mb=20480.0)
 STEP = dict(step=2, max_steps=5, epoch=0.4, loss=1.2345, lr=1e-4, grad_norm=0.5, tokens_per_s=1234.5,
             memory_mb=600.0, memory_total_mb=24000.0, elapsed_s=3.0, eta_s=4.5)
 

@@ -1,0 +1,108 @@
+"""A memory estimate for a run, before it starts: weights + trainable state + activations + logits.
+
+The figures are what the accelerator (or, on CPU, the process) must hold at the
+peak of a training step, for the given batch, sequence length, method and
+precision. They follow the usual accounting for decoder blocks (tensors kept
+for the backward pass), checked against measured peaks on CPU in the tests.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+MiB = 2**20
+
+
+@dataclass(frozen=True)
+class Estimate:
+    weights: int
+    trainable_state: int   # gradients + AdamW moments (+ fp32 copies of trainable weights in half precision)
+    activations: int
+    logits: int
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.trainable_state + self.activations + self.logits
+
+    def text(self) -> str:
+        parts = ", ".join(f"{name} {getattr(self, name) / MiB:,.0f}"
+                          for name in ("weights", "trainable_state", "activations", "logits"))
+        return f"~{self.total / MiB:,.0f} MiB at peak ({parts.replace('_', ' ')} MiB)"
+
+
+def model_counts(model) -> dict[str, int]:
+    """Parameter counts that decide memory: all, trainable, and those in quantizable linear layers."""
+    import torch
+
+    head = model.get_output_embeddings()
+    quantizable = sum(m.weight.numel() * (2 if type(m).__name__ == "Linear4bit" else 1)
+                      for name, m in model.named_modules()
+                      if (isinstance(m, torch.nn.Linear) or type(m).__name__ in ("Linear4bit", "Linear8bitLt"))
+                      and m is not head and "lora_" not in name)
+    # LoRA keeps two more tensors the size of each adapted layer's output per token for the backward pass
+    lora_out = sum(m.base_layer.out_features for m in model.modules()
+                   if hasattr(m, "lora_A") and hasattr(getattr(m, "base_layer", None), "out_features"))
+    trained_layers = _trained_layers(model)
+    total = trainable = 0
+    for p in model.parameters():
+        n = p.numel() * (2 if type(p).__name__ == "Params4bit" else 1)  # 4-bit packs two values a byte
+        total += n
+        trainable += n if p.requires_grad else 0
+    return {"total": total, "trainable": trainable, "quantizable": quantizable, "lora_out": lora_out,
+            "trained_layers": trained_layers}
+
+
+def _trained_layers(model) -> int:
+    """Decoder blocks from the lowest one holding a trainable parameter up: only those keep activations."""
+    import torch
+
+    blocks = max((m for m in model.modules() if isinstance(m, torch.nn.ModuleList)), key=len, default=[])
+    trained = [i for i, b in enumerate(blocks) if any(p.requires_grad for p in b.parameters())]
+    return len(blocks) - trained[0] if trained else 0
+
+
+def estimate(cfg, model_config, counts: dict[str, int], batch: int, seq_len: int) -> Estimate:
+    """Peak memory of one training step of `batch` sequences of `seq_len` tokens."""
+    text = model_config.get_text_config()
+    h = text.hidden_size
+    layers = text.num_hidden_layers
+    heads = text.num_attention_heads
+    kv = getattr(text, "num_key_value_heads", None) or heads
+    head_dim = getattr(text, "head_dim", None) or h // heads
+    inter = getattr(text, "intermediate_size", None) or 4 * h
+    vocab = text.vocab_size
+    half = cfg.bf16 or cfg.fp16
+    width = 2 if half else 4
+
+    quantized = counts["quantizable"] if cfg.quantization_bit else 0
+    # nf4/fp4: half a byte a value plus block scales (fp32 per 64, or 8-bit per 64 + fp32 per 16k when doubled)
+    bits = {4: 0.5 + (1 / 64 + 4 / 16384 if cfg.double_quantization else 4 / 64), 8: 1.0}.get(cfg.quantization_bit, 0)
+    weights = (counts["total"] - counts["trainable"] - quantized) * width + quantized * bits \
+        + counts["trainable"] * 4  # trainable weights are kept in fp32
+
+    trainable_state = counts["trainable"] * (4 + 8)  # fp32 gradient + two AdamW moments (from the first update on)
+
+    tokens = batch * seq_len
+    attn = 2 * heads * head_dim + 4 * kv * head_dim  # q, attention output; k, v before and after rotary
+    per_layer = (6 * h + attn + 4 * inter) * tokens * width  # norms, residuals, projections' inputs, MLP
+    if cfg.flash_attn == "eager":
+        per_layer += 2 * batch * heads * seq_len * seq_len * width  # scores and probabilities
+    kept = counts.get("trained_layers", layers) or layers
+    per_layer += 2 * counts.get("lora_out", 0) // layers * tokens * width
+    if cfg.gradient_checkpointing:
+        # each block's input is kept; in backward a recomputed block and the one before it are live together
+        activations = kept * h * tokens * width + 2 * per_layer
+    else:
+        activations = kept * per_layer
+    logits = 3 * tokens * vocab * 4  # logits, their fp32 log-softmax and its gradient
+    return Estimate(int(weights), int(trainable_state), int(activations), int(logits))
+
+
+def available(device: str) -> int:
+    """Bytes the run may use: the GPU's total memory, or the machine's available RAM."""
+    if device == "cuda":
+        import torch
+
+        return torch.cuda.get_device_properties(0).total_memory
+    import psutil
+
+    return psutil.virtual_memory().available
