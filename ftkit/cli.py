@@ -69,7 +69,8 @@ def cmd_merge(argv: list[str]) -> int:
 
 def cmd_chat(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="ftkit chat [INFERENCE.yaml]", description="Talk to a model: one answer, or a REPL.")
-    p.add_argument("--model", required=True, help="model folder (a merged run, a base model, or tiny)")
+    p.add_argument("--model", help="model folder (a merged run, a base model, or tiny)")
+    p.add_argument("--onnx", help="an `ftkit export-onnx` folder, run with onnxruntime")
     p.add_argument("--adapter", help="LoRA adapter folder (or run folder) to apply")
     p.add_argument("--prompt", help="answer this once and exit (default: interactive)")
     p.add_argument("--template", help="chat template (default: the run's, else the tokenizer's)")
@@ -78,6 +79,9 @@ def cmd_chat(argv: list[str]) -> int:
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     p.add_argument("--top_p", type=float, default=None)
     a = parse_with_yaml(p, argv)
+    if not (a.model or a.onnx):
+        p.error("give --model DIR or --onnx DIR")
+    a.model = a.onnx or a.model
     from ftkit.generate import generate
 
     sampling = {"temperature": a.temperature} if a.temperature > 0 else {}
@@ -150,8 +154,19 @@ def cmd_demo(argv: list[str]) -> int:
     return 0
 
 
+def cmd_export_onnx(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="ftkit export-onnx", description="Export a (merged) model for onnxruntime.")
+    p.add_argument("--model", required=True, help="model folder, e.g. outputs/<run>/merged")
+    p.add_argument("--out", required=True, help="folder for model.onnx, its weights and the tokenizer")
+    a = p.parse_args(argv)
+    from ftkit.export import export_onnx
+
+    export_onnx(a.model, a.out)
+    return 0
+
+
 COMMANDS = {"train": cmd_train, "merge": cmd_merge, "chat": cmd_chat, "convert": cmd_convert,
-            "models": cmd_models, "demo": cmd_demo}
+            "export-onnx": cmd_export_onnx, "models": cmd_models, "demo": cmd_demo}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -166,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
               "  merge    fold a LoRA adapter into its base model\n"
               "  chat     answer a prompt, or chat, with a model (+ adapter)\n"
               "  convert  rewrite alpaca/sharegpt/openai/moss/chatglm3/qwen data as conversations\n"
+              "  export-onnx  export a merged model for onnxruntime (ftkit chat --onnx DIR)\n"
               "  models   verified architectures and built-in chat templates\n"
               "  demo     the whole loop on the embedded tiny model, offline, in a few minutes")
         return 0 if not argv or argv[0] in ("-h", "--help") else 2

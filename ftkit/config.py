@@ -20,6 +20,8 @@ import yaml
 
 from ftkit.errors import ConfigError
 
+RUN_CONFIG = "run.yaml"            # in the output folder: reproduces the run
+ADAPTER_CONFIG = "ftkit_run.yaml"  # beside saved weights: lets merge, chat and export find base and template
 FINETUNING_TYPES = ("lora", "full", "freeze")
 FLASH_ATTN = ("auto", "fa2", "sdpa", "eager")
 LORA_INITS = ("gaussian", "pissa", "olora", "corda", "eva", "orthogonal")

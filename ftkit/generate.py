@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ftkit.config import ADAPTER_CONFIG
 from ftkit.errors import ModelError
+from ftkit.export import OnnxLM
 from ftkit.templates import single_token_ids
-from ftkit.train import ADAPTER_CONFIG
 
 _CACHE: dict = {}
 
@@ -25,27 +26,40 @@ def _template_name(*folders) -> str | None:
     return None
 
 
+def _tokenizer_and_template(path: str, adapter: str | None, template: str | None):
+    from ftkit import model as M, templates
+
+    tokenizer = M.load_tokenizer(adapter or path)  # an adapter folder carries the run's tokenizer
+    tokenizer.padding_side = "left"
+    name = template or _template_name(adapter, path) or "auto"
+    return tokenizer, templates.get_template(name, tokenizer, M.model_type(path))
+
+
 def load(model: str, adapter: str | None = None, template: str | None = None):
-    """(model, tokenizer, template) ready to generate; cached for the last (model, adapter, template)."""
+    """(model, tokenizer, template) ready to generate; cached for the last (model, adapter, template).
+    An exported ONNX folder gives an OnnxLM in place of the torch model."""
     key = (str(model), str(adapter), template)
     if key in _CACHE:
         return _CACHE[key]
     _CACHE.clear()  # keep one model in memory
-    from ftkit import model as M, templates
+    from ftkit import model as M
+    from ftkit.export import is_onnx_folder
 
     M.quiet()
-    import torch
-    from transformers import AutoModelForCausalLM
-
     if adapter:
         from ftkit.merge import adapter_folder
 
         adapter = str(adapter_folder(adapter))
     path = M.resolve(str(model))
-    tokenizer = M.load_tokenizer(adapter or path)  # an adapter folder carries the run's tokenizer
-    tokenizer.padding_side = "left"
-    name = template or _template_name(adapter, path) or "auto"
-    tmpl = templates.get_template(name, tokenizer, M.model_type(path))
+    tokenizer, tmpl = _tokenizer_and_template(path, adapter, template)
+    if is_onnx_folder(path):
+        if adapter:
+            raise ModelError(f"{model}: an ONNX export cannot take an adapter; merge before exporting")
+        _CACHE[key] = (OnnxLM(path), tokenizer, tmpl)
+        return _CACHE[key]
+    import torch
+    from transformers import AutoModelForCausalLM
+
     dev = M.device()
     dtype = torch.bfloat16 if dev == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
     try:
@@ -87,6 +101,11 @@ def generate(model, prompt, adapter=None, template=None, max_new_tokens: int = 2
     if system:
         messages = [{"role": "system", "content": system}] + messages
     text = tmpl.render(messages, add_generation_prompt=True).text
+    if isinstance(net, OnnxLM):
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        new = net.generate(ids, max_new_tokens, stop_ids(tokenizer, tmpl), sampling.get("temperature", 0.0),
+                           sampling.get("top_p", 1.0), sampling.get("seed"))
+        return _clean(tokenizer.decode(new, skip_special_tokens=True), tmpl)
     enc = tokenizer(text, add_special_tokens=False, return_tensors="pt").to(net.device)
     sampling.setdefault("do_sample", sampling.get("temperature", 0) > 0)
     multi = [s for s in tmpl.stop if len(tokenizer(s, add_special_tokens=False)["input_ids"]) > 1]
@@ -94,7 +113,10 @@ def generate(model, prompt, adapter=None, template=None, max_new_tokens: int = 2
         out = net.generate(**enc, max_new_tokens=max_new_tokens, eos_token_id=stop_ids(tokenizer, tmpl),
                            pad_token_id=tokenizer.pad_token_id, stop_strings=multi or None,
                            tokenizer=tokenizer if multi else None, **sampling)
-    answer = tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    return _clean(tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True), tmpl)
+
+
+def _clean(answer: str, tmpl) -> str:
     for s in tmpl.stop:  # a stop string that is not one special token stays in the text: cut it
         answer = answer.split(s)[0]
     return answer.strip()

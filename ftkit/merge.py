@@ -8,14 +8,12 @@ logits must agree, else merge fails loudly and writes nothing.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 
-from ftkit.config import RunConfig
+from ftkit.config import ADAPTER_CONFIG, RunConfig
 from ftkit.errors import ModelError
+from ftkit.files import partial_dir, replace_dir
 from ftkit.templates import single_token_ids
-from ftkit.train import ADAPTER_CONFIG, replace_dir
 
 PROBE = [[{"role": "user", "content": "What is LoRA?"}],
          [{"role": "user", "content": "你好，请介绍一下你自己。"}]]
@@ -79,8 +77,7 @@ def merge(adapter_dir: str | Path, out: str | Path | None = None, tolerance: flo
         raise ModelError(f"merge check failed: merged logits differ from the adapter model's by {diff:.3g} "
                          f"(allowed {tolerance * max(1.0, scale):.3g}); nothing was written")
 
-    tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = partial_dir(out)
     merged.save_pretrained(tmp, safe_serialization=True)
     tokenizer.chat_template = template.jinja()
     tokenizer.save_pretrained(tmp)

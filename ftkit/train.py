@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,12 +17,11 @@ from typing import Any
 
 from transformers import Trainer, TrainerCallback  # ftkit.train is the engine: importing it loads transformers
 
-from ftkit.config import RunConfig
+from ftkit.config import ADAPTER_CONFIG, RUN_CONFIG, RunConfig
 from ftkit.errors import ConfigError, DataError
 from ftkit.events import ConsoleProgress, Emitter, JsonlLog
+from ftkit.files import partial_dir, replace_dir
 
-RUN_CONFIG = "run.yaml"        # in the output folder: reproduces the run
-ADAPTER_CONFIG = "ftkit_run.yaml"  # beside saved weights: lets merge/chat find base and template
 
 
 @dataclass
@@ -357,8 +355,7 @@ def _save_initial_adapter(model, cfg: RunConfig, out: Path) -> Path | None:
 def save_trained(model, tokenizer, template, cfg: RunConfig, out: Path, initial: Path | None = None) -> Path:
     """Adapter (LoRA) or model (full/freeze) + tokenizer + run config, written atomically."""
     final = out / ("adapter" if cfg.finetuning_type == "lora" else "model")
-    tmp = out / f".{final.name}.partial-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = partial_dir(final)
     if initial:  # rank 2r adapter for the original base
         model.save_pretrained(tmp, safe_serialization=True, path_initial_model_for_weight_conversion=str(initial))
     else:
@@ -368,15 +365,6 @@ def save_trained(model, tokenizer, template, cfg: RunConfig, out: Path, initial:
     cfg.save(tmp / ADAPTER_CONFIG)
     replace_dir(tmp, final)
     return final
-
-
-def replace_dir(tmp: Path, final: Path) -> None:
-    """Move a finished folder into place; the old one goes only after the new one is there."""
-    old = final.with_name(f".{final.name}.old-{os.getpid()}")
-    if final.exists():
-        os.replace(final, old)
-    os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def _truncation_text(cfg: RunConfig, stats) -> str | None:

@@ -11,7 +11,6 @@ import sys
 import pytest
 import torch
 
-import ftkit
 from conftest import base_config
 
 CHILD = """

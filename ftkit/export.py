@@ -1,0 +1,153 @@
+"""Export: a merged (or any causal LM) folder to ONNX for CPU inference with onnxruntime.
+
+`export_onnx` traces the model with `torch.onnx.export` (dynamo) for any batch
+and sequence length, writes `model.onnx` (weights in `model.onnx.data`) beside
+the tokenizer, chat template and run config, then checks on a left-padded probe
+batch that onnxruntime's logits equal PyTorch's (else it fails and keeps
+nothing). `OnnxLM` generates from such a folder; it recomputes the whole
+sequence each step (no KV cache), which is fine for short answers of small models.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import shutil
+from pathlib import Path
+
+from ftkit.config import ADAPTER_CONFIG
+from ftkit.errors import ModelError
+from ftkit.files import partial_dir, replace_dir
+
+ONNX_FILE = "model.onnx"
+
+
+def _require_onnx():
+    try:
+        import onnxruntime  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError:
+        raise ModelError("ONNX export needs onnx, onnxscript and onnxruntime: pip install 'ftkit[onnx]'") from None
+
+
+def is_onnx_folder(path) -> bool:
+    return (Path(path) / ONNX_FILE).exists()
+
+
+def export_onnx(model_dir: str | Path, out: str | Path, tolerance: float = 1e-4, console: bool = True) -> Path:
+    """Export and verify; returns the output folder."""
+    _require_onnx()
+    from ftkit import model as M
+
+    M.quiet()
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    if (Path(model_dir) / "adapter_config.json").exists():
+        raise ModelError(f"{model_dir}: this is a LoRA adapter; merge it first (ftkit merge --adapter {model_dir}) "
+                         "and export the merged folder")
+    src = Path(M.resolve(str(model_dir)))
+    net = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).eval()
+    net.config.use_cache = False
+    tokenizer = M.load_tokenizer(str(src))
+    out = Path(out)
+    tmp = partial_dir(out)
+    tmp.mkdir()
+
+    wrapped = _logits_only(net)
+    ids = torch.tensor([[1, 2, 3, 4, 5, 6], [1, 2, 3, 4, 5, 6]])
+    batch, seq = torch.export.Dim("batch"), torch.export.Dim("seq")
+    with contextlib.redirect_stdout(io.StringIO()):  # the exporter narrates each pass
+        torch.onnx.export(wrapped, (ids, torch.ones_like(ids)), str(tmp / ONNX_FILE), dynamo=True,
+                          input_names=["input_ids", "attention_mask"], output_names=["logits"],
+                          dynamic_shapes={"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}})
+    diff = _check(wrapped, tmp, len(tokenizer))
+    if not diff <= tolerance:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ModelError(f"ONNX check failed: onnxruntime logits differ from PyTorch's by {diff:.3g} "
+                         f"(allowed {tolerance}); nothing was written")
+    tokenizer.save_pretrained(tmp)
+    net.generation_config.save_pretrained(tmp)
+    net.config.save_pretrained(tmp)
+    if (src / ADAPTER_CONFIG).exists():
+        shutil.copy(src / ADAPTER_CONFIG, tmp / ADAPTER_CONFIG)
+    replace_dir(tmp, out)
+    if console:
+        size = sum(f.stat().st_size for f in out.iterdir()) / 2**20
+        print(f"exported {src} -> {out} ({size:.0f} MiB)\n"
+              f"  check: max |logit difference| onnxruntime vs PyTorch, left-padded batch = {diff:.2e}")
+    return out
+
+
+def _logits_only(net):
+    """input_ids, attention_mask -> logits, without a cache: the graph ONNX gets."""
+    import torch
+
+    class LogitsOnly(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = net
+
+        def forward(self, input_ids, attention_mask):
+            return self.net(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+
+    return LogitsOnly()
+
+
+def _check(wrapped, folder: Path, vocab: int) -> float:
+    import numpy as np
+    import torch
+
+    ids = torch.randint(3, vocab, (2, 19), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    mask[0, :5] = 0  # left padding, as batched generation uses
+    session = OnnxLM.session(folder)
+    got = session.run(None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})[0]
+    with torch.no_grad():
+        want = wrapped(ids, mask).numpy()
+    keep = mask.numpy().astype(bool)
+    return float(np.abs(got - want)[keep].max())
+
+
+class OnnxLM:
+    """Greedy or sampled generation with onnxruntime from an exported folder."""
+
+    def __init__(self, folder: str | Path):
+        _require_onnx()
+        self.folder = Path(folder)
+        self.session_ = self.session(self.folder)
+
+    @staticmethod
+    def session(folder: Path):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        return ort.InferenceSession(str(Path(folder) / ONNX_FILE), options, providers=["CPUExecutionProvider"])
+
+    def generate(self, input_ids: list[int], max_new_tokens: int, stop_ids: list[int], temperature: float = 0.0,
+                 top_p: float = 1.0, seed: int | None = None) -> list[int]:
+        import numpy as np
+
+        rng = np.random.default_rng(seed)
+        ids = list(input_ids)
+        new: list[int] = []
+        for _ in range(max_new_tokens):
+            x = np.array([ids], dtype=np.int64)
+            logits = self.session_.run(None, {"input_ids": x, "attention_mask": np.ones_like(x)})[0][0, -1]
+            token = int(logits.argmax()) if temperature <= 0 else _sample(logits, temperature, top_p, rng)
+            if token in stop_ids:
+                break
+            ids.append(token)
+            new.append(token)
+        return new
+
+
+def _sample(logits, temperature: float, top_p: float, rng) -> int:
+    import numpy as np
+
+    z = logits.astype(np.float64) / temperature
+    p = np.exp(z - z.max())
+    p /= p.sum()
+    order = np.argsort(-p)
+    keep = order[: int(np.searchsorted(np.cumsum(p[order]), top_p) + 1)]
+    return int(rng.choice(keep, p=p[keep] / p[keep].sum()))
