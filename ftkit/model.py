@@ -116,12 +116,7 @@ def load_model(cfg, model_path: str, for_training: bool = True):
     except ImportError as e:
         raise ModelError(f"{model_path}: {_first_line(e)}") from None
     except (OSError, ValueError) as e:
-        kind = model_type(model_path)
-        if "Unrecognized configuration class" in str(e):
-            raise ModelError(f"{model_path}: model type {kind!r} is not a causal (decoder-only) language model "
-                             "that transformers' AutoModelForCausalLM can load; ftkit fine-tunes those "
-                             "(`ftkit models` lists the verified ones)") from None
-        raise ModelError(f"{model_path}: cannot load the model ({_first_line(e)})") from None
+        raise _load_error(model_path, e) from None
     if for_training:
         model.config.use_cache = False
         for module in model.modules():
@@ -193,10 +188,10 @@ def _leaf_name(model, module) -> str:
     return next(name.rsplit(".", 1)[-1] for name, m in model.named_modules() if m is module)
 
 
-def match_vocab(model, tokenizer) -> None:
-    """Grow the embeddings (mean-initialised rows) when the tokenizer has more tokens than the model."""
+def match_vocab(model, tokenizer, mean_init: bool = True) -> None:
+    """Grow the embeddings (new rows at the mean of the old) when the tokenizer has more tokens than the model."""
     if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
-        model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=mean_init)
 
 
 def _unadapted(model, lora) -> list[str]:
@@ -262,11 +257,22 @@ def skeleton(cfg, model_path: str, tokenizer):
 
     config = AutoConfig.from_pretrained(model_path, trust_remote_code=cfg.trust_remote_code)
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config, trust_remote_code=cfg.trust_remote_code)
-        match_vocab(model, tokenizer)
+        try:
+            model = AutoModelForCausalLM.from_config(config, trust_remote_code=cfg.trust_remote_code)
+        except ValueError as e:
+            raise _load_error(model_path, e) from None
+        match_vocab(model, tokenizer, mean_init=False)  # meta tensors: shapes only
         # quantization and data-dependent inits do not change which parameters train
         plain = dataclasses.replace(cfg, quantization_bit=None, init_lora_weights=True, pissa_init=False)
         return make_trainable(model, plain)
+
+
+def _load_error(model_path: str, e: Exception) -> ModelError:
+    if "Unrecognized configuration class" in str(e):
+        return ModelError(f"{model_path}: model type {model_type(model_path)!r} is not a causal (decoder-only) "
+                          "language model that transformers' AutoModelForCausalLM can load; ftkit fine-tunes those "
+                          "(`ftkit models` lists the verified ones)")
+    return ModelError(f"{model_path}: cannot load the model ({_first_line(e)})")
 
 
 def _first_line(e: Exception) -> str:
