@@ -90,7 +90,7 @@ def _logits_only(net):
         def forward(self, input_ids, attention_mask):
             return self.net(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
 
-    return LogitsOnly()
+    return LogitsOnly().eval()
 
 
 def _check(wrapped, folder: Path, vocab: int) -> float:
