@@ -71,7 +71,7 @@ def estimate(cfg, model_config, counts: dict[str, int], batch: int, seq_len: int
     inter = getattr(text, "intermediate_size", None) or 4 * h
     vocab = text.vocab_size
     half = cfg.bf16 or cfg.fp16
-    width = 2 if half else 4
+    width = 2 if half else 4  # activations; frozen LoRA bases load in this precision, trained weights stay fp32
 
     quantized = counts["quantizable"] if cfg.quantization_bit else 0
     # nf4/fp4: half a byte a value plus block scales (fp32 per 64, or 8-bit per 64 + fp32 per 16k when doubled)

@@ -52,11 +52,12 @@ def device() -> str:
 
 
 def compute_dtype(cfg):
+    """The precision a config computes in (fp32 without bf16/fp16, or for cfg None)."""
     import torch
 
-    if cfg.bf16:
+    if cfg is not None and cfg.bf16:
         return torch.bfloat16
-    if cfg.fp16:
+    if cfg is not None and cfg.fp16:
         return torch.float16
     return torch.float32
 
@@ -102,7 +103,10 @@ def load_model(cfg, model_path: str, for_training: bool = True):
 
     dtype = compute_dtype(cfg)
     attn, note = attention_impl(cfg.flash_attn)
-    kwargs = dict(dtype=dtype, attn_implementation=attn, trust_remote_code=cfg.trust_remote_code)
+    # frozen base weights (LoRA) live in the half precision asked for; weights that train stay fp32 masters under
+    # autocast, which fp16's gradient scaler needs (it refuses to unscale fp16 gradients)
+    load_dtype = dtype if cfg.finetuning_type == "lora" or not for_training else compute_dtype(None)
+    kwargs = dict(dtype=load_dtype, attn_implementation=attn, trust_remote_code=cfg.trust_remote_code)
     if cfg.quantization_bit == 4:
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type=cfg.quantization_type,

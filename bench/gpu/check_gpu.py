@@ -1,4 +1,5 @@
-"""GPU checks, in one go: QLoRA 4-bit, bf16 LoRA (sdpa), gradient checkpointing, flash attention 2 if installed.
+"""GPU checks, in one go: QLoRA 4-bit, bf16 LoRA (sdpa), gradient checkpointing, flash attention 2 if installed,
+fp16 LoRA (gradient scaler) and bf16 full fine-tuning.
 
     python bench/gpu/check_gpu.py [--steps 30] [--shape qwen2.5-0.5b|llama-3.2-1b]
 
@@ -31,6 +32,8 @@ RUNS = {
     "lora-bf16-sdpa": dict(bf16=True, flash_attn="sdpa"),
     "lora-bf16-checkpointing": dict(bf16=True, flash_attn="sdpa", gradient_checkpointing=True),
     "lora-bf16-fa2": dict(bf16=True, flash_attn="fa2"),
+    "lora-fp16": dict(fp16=True),                        # gradient scaler path
+    "full-bf16-checkpointing": dict(finetuning_type="full", bf16=True, gradient_checkpointing=True),
 }
 
 
