@@ -50,7 +50,8 @@ class RunConfig:
     val_size: float = _f(0.0, "Held-out share (0-1) or number of examples for evaluation.")
     max_samples: int | None = _f(None, "Use at most this many examples from each dataset.")
     cutoff_len: int = _f(1024, "Maximum tokens per example; longer ones are cut at the last whole answer that fits.")
-    packing: bool = _f(False, "Pack several short examples into one sequence (attention stays within each example).")
+    packing: bool | None = _f(None, "Padding-free batches: a batch's examples end to end in one row, attention kept "
+                                    "within each (same loss, no padding). Default: on where the model supports it.")
     train_on_prompt: bool = _f(False, "Also train on system and user tokens (default: assistant turns only).")
     # method
     stage: str = _f("sft", "Training stage. Only `sft` (supervised fine-tuning) is supported.")

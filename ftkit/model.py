@@ -204,6 +204,21 @@ def _unadapted(model, lora) -> list[str]:
                    if full.rsplit(".", 1)[-1] in lora.target_modules_requested and _is_linear(module)})
 
 
+def packing_isolates(model) -> bool:
+    """Whether the model keeps examples packed in one row apart (a block-diagonal mask from position_ids):
+    the last logits of a sequence must not change when another sequence precedes it in the row."""
+    import torch
+
+    first, second = torch.arange(5, 13), torch.arange(20, 26)
+    dev = next(model.parameters()).device
+    with torch.no_grad():
+        alone = model(input_ids=second[None].to(dev), use_cache=False).logits[0, -1].float()
+        row = torch.cat([first, second])[None].to(dev)
+        positions = torch.cat([torch.arange(len(first)), torch.arange(len(second))])[None].to(dev)
+        packed = model(input_ids=row, position_ids=positions, use_cache=False).logits[0, -1].float()
+    return bool((alone - packed).abs().max() <= 1e-2 * alone.abs().max().clamp(min=1.0))
+
+
 def decoder_layers(model):
     """The model's stack of decoder blocks: the longest ModuleList."""
     import torch

@@ -137,6 +137,10 @@ def train(config, callbacks=(), console: bool = True) -> Run:
 
     set_seed(cfg.seed)  # LoRA's initial weights come from the global RNG: seed before adapting
     model = M.load_model(cfg, p.model_path)
+    packed = cfg.packing is not False and M.packing_isolates(model)
+    if cfg.packing and not packed:
+        raise ConfigError(f"packing: {M.model_type(p.model_path)} models ignore position_ids when building their "
+                          "attention mask, so packed examples would attend to each other; set packing: false")
     M.match_vocab(model, tokenizer)
     model = M.make_trainable(model, cfg)
     out.mkdir(parents=True, exist_ok=True)
@@ -144,10 +148,11 @@ def train(config, callbacks=(), console: bool = True) -> Run:
     run = Run(cfg, out)
     subscribers = [run.record, JsonlLog(out / "metrics.jsonl")] + ([ConsoleProgress()] if console else [])
     emit = Emitter(subscribers + list(callbacks))
-    trainer = _trainer(cfg, model, tokenizer, p, emit, run)
+    trainer = _trainer(cfg, model, tokenizer, p, emit, run, packed)
     (out / "metrics.jsonl").unlink(missing_ok=True)
     cfg.save(out / RUN_CONFIG)
-    emit("begin", **p.summary(), note=_notes(cfg, model))
+    emit("begin", **{**p.summary(), "batch_tokens": _batch_text(cfg, packed)}, packed=packed,
+         note=_notes(cfg, model))
 
     resume = cfg.resume_from_checkpoint
     try:
@@ -205,7 +210,7 @@ def _notes(cfg: RunConfig, model) -> str | None:
     return "; ".join(n for n in notes if n) or None
 
 
-def _trainer(cfg: RunConfig, model, tokenizer, p: Plan, emit, run):
+def _trainer(cfg: RunConfig, model, tokenizer, p: Plan, emit, run, packed: bool):
     import torch
     from transformers import PrinterCallback, ProgressCallback, TrainingArguments
 
@@ -231,7 +236,8 @@ def _trainer(cfg: RunConfig, model, tokenizer, p: Plan, emit, run):
         args = TrainingArguments(**{**kwargs, **cfg.extra})  # passthrough keys may refine ftkit's choices
     except (ValueError, TypeError) as e:
         raise ConfigError(f"TrainingArguments refused the config: {str(e).splitlines()[0]}") from None
-    trainer = AtomicCheckpointTrainer(model=model, args=args, data_collator=Collator(tokenizer.pad_token_id),
+    collator = Collator(tokenizer.pad_token_id, packed=packed)
+    trainer = AtomicCheckpointTrainer(model=model, args=args, data_collator=collator,
                       train_dataset=prepared.train, eval_dataset=prepared.eval or None,
                       processing_class=tokenizer, callbacks=[EventBridge(emit, run)])
     for cb in (PrinterCallback, ProgressCallback):  # ftkit's own subscribers show progress
@@ -266,17 +272,22 @@ class AtomicCheckpointTrainer(Trainer):
 
 
 class Collator:
-    """Right-pads a batch: input_ids with pad, labels with -100, and an attention mask."""
+    """Batches examples. Padded: right-pad input_ids with pad and labels with -100, plus an attention mask.
+    Packed (padding-free): one row holding the batch's examples end to end, position_ids restarting at each, no
+    attention mask, so transformers builds a block-diagonal causal mask: same examples and loss, no padding."""
 
-    def __init__(self, pad_id: int, multiple_of: int | None = None):
-        self.pad_id, self.multiple_of = pad_id, multiple_of
+    def __init__(self, pad_id: int, packed: bool = False):
+        self.pad_id, self.packed = pad_id, packed
 
     def __call__(self, batch: list[dict]) -> dict:
         import torch
 
+        if self.packed:
+            labels = [l for b in batch for l in [-100] + b["labels"][1:]]  # never predict across examples
+            return {"input_ids": torch.tensor([[t for b in batch for t in b["input_ids"]]]),
+                    "labels": torch.tensor([labels]),
+                    "position_ids": torch.tensor([[i for b in batch for i in range(len(b["input_ids"]))]])}
         n = max(len(b["input_ids"]) for b in batch)
-        if self.multiple_of:
-            n = -(-n // self.multiple_of) * self.multiple_of
         ids = torch.full((len(batch), n), self.pad_id, dtype=torch.long)
         labels = torch.full((len(batch), n), -100, dtype=torch.long)
         mask = torch.zeros((len(batch), n), dtype=torch.long)
@@ -379,11 +390,12 @@ def _truncation_text(cfg: RunConfig, stats) -> str | None:
     return "; ".join(parts) or None
 
 
-def _batch_text(cfg: RunConfig) -> str:
+def _batch_text(cfg: RunConfig, packed: bool | None = None) -> str:
     world = int(os.environ.get("WORLD_SIZE", 1))
     per = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * world
+    how = {True: ", packed without padding", False: ", padded", None: ""}[packed]
     return f"{per} examples ({cfg.per_device_train_batch_size} x {cfg.gradient_accumulation_steps} accumulation" + (
-        f" x {world} processes)" if world > 1 else ")")
+        f" x {world} processes" if world > 1 else "") + f"{how})"
 
 
 def _method_text(cfg: RunConfig) -> str:
