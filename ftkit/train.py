@@ -1,8 +1,9 @@
 """Training: config -> data -> model -> transformers.Trainer, with events out.
 
-`train()` reads top to bottom: check the config, load tokenizer and template,
-prepare data, pre-flight (refuse runs that cannot learn to stop), load and
-adapt the model, train, save atomically. One callback adapter translates the
+`plan()` does everything that needs no weights: check the config, load the
+tokenizer and template, tokenize the data, refuse runs that cannot learn to stop
+or cannot fit, size the model on the meta device. `train()` then loads and adapts
+the model, trains, and saves atomically. One callback adapter translates the
 Trainer's hooks into ftkit events; everything that shows a run subscribes.
 """
 from __future__ import annotations
@@ -21,7 +22,6 @@ from ftkit.config import ADAPTER_CONFIG, RUN_CONFIG, RunConfig
 from ftkit.errors import ConfigError, DataError
 from ftkit.events import ConsoleProgress, Emitter, JsonlLog
 from ftkit.files import partial_dir, replace_dir
-
 
 
 @dataclass
@@ -70,6 +70,7 @@ class Plan:
     max_steps: int
     memory: Any          # memory.Estimate
     memory_available: int
+    args: Any            # transformers.TrainingArguments
 
     def summary(self) -> dict:
         """The pre-flight figures (the `begin` event's content)."""
@@ -119,7 +120,8 @@ def plan(config) -> Plan:
     per_epoch = math.ceil(len(prepared.train) / (cfg.per_device_train_batch_size * world))
     updates = math.ceil(per_epoch / cfg.gradient_accumulation_steps)
     max_steps = cfg.max_steps if cfg.max_steps > 0 else math.ceil(updates * cfg.num_train_epochs)
-    return Plan(cfg, model_path, tokenizer, template, prepared, counts, max_steps, estimate, budget)
+    args = training_arguments(cfg, max_steps, evaluate=bool(prepared.eval))
+    return Plan(cfg, model_path, tokenizer, template, prepared, counts, max_steps, estimate, budget, args)
 
 
 def train(config, callbacks=(), console: bool = True) -> Run:
@@ -148,7 +150,7 @@ def train(config, callbacks=(), console: bool = True) -> Run:
     run = Run(cfg, out)
     subscribers = [run.record, JsonlLog(out / "metrics.jsonl")] + ([ConsoleProgress()] if console else [])
     emit = Emitter(subscribers + list(callbacks))
-    trainer = _trainer(cfg, model, tokenizer, p, emit, run, packed)
+    trainer = _trainer(model, tokenizer, p, emit, run, packed)
     (out / "metrics.jsonl").unlink(missing_ok=True)
     cfg.save(out / RUN_CONFIG)
     emit("begin", **{**p.summary(), "batch_tokens": _batch_text(cfg, packed)}, packed=packed,
@@ -210,36 +212,38 @@ def _notes(cfg: RunConfig, model) -> str | None:
     return "; ".join(n for n in notes if n) or None
 
 
-def _trainer(cfg: RunConfig, model, tokenizer, p: Plan, emit, run, packed: bool):
+def training_arguments(cfg: RunConfig, max_steps: int, evaluate: bool):
+    """transformers.TrainingArguments for the run; passthrough keys may refine ftkit's choices."""
     import torch
-    from transformers import PrinterCallback, ProgressCallback, TrainingArguments
-
-    prepared, total = p.data, p.max_steps
-    evaluate = bool(prepared.eval)
+    from transformers import TrainingArguments
 
     kwargs = dict(
         output_dir=str(cfg.run_dir),
         per_device_train_batch_size=cfg.per_device_train_batch_size,
         per_device_eval_batch_size=cfg.per_device_train_batch_size,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        learning_rate=cfg.learning_rate, num_train_epochs=cfg.num_train_epochs, max_steps=total,
+        learning_rate=cfg.learning_rate, num_train_epochs=cfg.num_train_epochs, max_steps=max_steps,
         max_grad_norm=cfg.max_grad_norm, lr_scheduler_type=cfg.lr_scheduler_type, warmup_steps=cfg.warmup_ratio,
         fp16=cfg.fp16, bf16=cfg.bf16, activation_checkpointing=cfg.gradient_checkpointing,
         activation_checkpointing_kwargs={"use_reentrant": False} if cfg.gradient_checkpointing else None,
         logging_steps=cfg.logging_steps, logging_first_step=True, save_steps=cfg.save_steps,
-        eval_strategy="steps" if evaluate else "no", eval_steps=cfg.eval_steps or max(1, total // 5),
+        eval_strategy="steps" if evaluate else "no", eval_steps=cfg.eval_steps or max(1, max_steps // 5),
         report_to=cfg.report_to, seed=cfg.seed, include_num_input_tokens_seen="non_padding",
         disable_tqdm=True, remove_unused_columns=False, dataloader_pin_memory=torch.cuda.is_available(),
         use_cpu=not torch.cuda.is_available(),
     )
     try:
-        args = TrainingArguments(**{**kwargs, **cfg.extra})  # passthrough keys may refine ftkit's choices
+        return TrainingArguments(**{**kwargs, **cfg.extra})
     except (ValueError, TypeError) as e:
         raise ConfigError(f"TrainingArguments refused the config: {str(e).splitlines()[0]}") from None
-    collator = Collator(tokenizer.pad_token_id, packed=packed)
-    trainer = AtomicCheckpointTrainer(model=model, args=args, data_collator=collator,
-                      train_dataset=prepared.train, eval_dataset=prepared.eval or None,
-                      processing_class=tokenizer, callbacks=[EventBridge(emit, run)])
+
+
+def _trainer(model, tokenizer, p: Plan, emit, run, packed: bool):
+    from transformers import PrinterCallback, ProgressCallback
+
+    trainer = AtomicCheckpointTrainer(model=model, args=p.args, data_collator=Collator(tokenizer.pad_token_id, packed),
+                                      train_dataset=p.data.train, eval_dataset=p.data.eval or None,
+                                      processing_class=tokenizer, callbacks=[EventBridge(emit, run)])
     for cb in (PrinterCallback, ProgressCallback):  # ftkit's own subscribers show progress
         trainer.remove_callback(cb)
     return trainer
