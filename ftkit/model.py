@@ -52,12 +52,12 @@ def device() -> str:
 
 
 def compute_dtype(cfg):
-    """The precision a config computes in (fp32 without bf16/fp16, or for cfg None)."""
+    """The precision a config computes in."""
     import torch
 
-    if cfg is not None and cfg.bf16:
+    if cfg.bf16:
         return torch.bfloat16
-    if cfg is not None and cfg.fp16:
+    if cfg.fp16:
         return torch.float16
     return torch.float32
 
@@ -96,16 +96,17 @@ def attention_impl(choice: str) -> tuple[str | None, str | None]:
     return None, None
 
 
-def load_model(cfg, model_path: str, for_training: bool = True):
-    """The base model in the precision and quantization the config asks for."""
+def load_model(cfg, model_path: str):
+    """The base model to train, in the precision and quantization the config asks for."""
     quiet()
+    import torch
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     dtype = compute_dtype(cfg)
     attn, note = attention_impl(cfg.flash_attn)
     # frozen base weights (LoRA) live in the half precision asked for; weights that train stay fp32 masters under
     # autocast, which fp16's gradient scaler needs (it refuses to unscale fp16 gradients)
-    load_dtype = dtype if cfg.finetuning_type == "lora" or not for_training else compute_dtype(None)
+    load_dtype = dtype if cfg.finetuning_type == "lora" else torch.float32
     kwargs = dict(dtype=load_dtype, attn_implementation=attn, trust_remote_code=cfg.trust_remote_code)
     if cfg.quantization_bit == 4:
         kwargs["quantization_config"] = BitsAndBytesConfig(
@@ -121,14 +122,13 @@ def load_model(cfg, model_path: str, for_training: bool = True):
         raise ModelError(f"{model_path}: {_first_line(e)}") from None
     except (OSError, ValueError) as e:
         raise _load_error(model_path, e) from None
-    if for_training:
-        model.config.use_cache = False
-        for module in model.modules():
-            # bitsandbytes 0.50 repacks 4-bit weights for CPU inference on the first no-grad forward in eval
-            # mode (an evaluation), and after that its backward drops the input gradient: LoRA layers below
-            # then learn from wrong gradients. Training keeps the trainable layout.
-            if hasattr(module, "support_avx512bf16_for_cpu"):
-                module.support_avx512bf16_for_cpu = False
+    model.config.use_cache = False  # training: no KV cache (and packed rows need it off)
+    for module in model.modules():
+        # bitsandbytes 0.50 repacks 4-bit weights for CPU inference on the first no-grad forward in eval mode (an
+        # evaluation), and after that its backward drops the input gradient: LoRA layers below then learn from
+        # wrong gradients. Training keeps the trainable layout.
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
     model.ftkit_attention_note = note
     return model
 
