@@ -3,7 +3,7 @@
 The chat template is the run's (found in `ftkit_run.yaml` beside the weights),
 else the one named, else the tokenizer's own. Generation stops at the
 template's end-of-turn token. The last loaded model is kept, so a REPL or a
-notebook asking again does not reload it.
+notebook asking again does not reload it (unless its folder was rewritten).
 """
 from __future__ import annotations
 
@@ -15,6 +15,15 @@ from ftkit.export import OnnxLM
 from ftkit.templates import single_token_ids
 
 _CACHE: dict = {}
+
+
+def _stamp(folder) -> tuple | None:
+    """Identity of a folder on disk: ftkit replaces folders whole (merge, save), so a new one has a new inode."""
+    try:
+        st = Path(str(folder)).stat()
+        return st.st_ino, st.st_mtime_ns
+    except (OSError, TypeError):
+        return None
 
 
 def _template_name(*folders) -> str | None:
@@ -38,7 +47,7 @@ def _tokenizer_and_template(path: str, adapter: str | None, template: str | None
 def load(model: str, adapter: str | None = None, template: str | None = None):
     """(model, tokenizer, template) ready to generate; cached for the last (model, adapter, template).
     An exported ONNX folder gives an OnnxLM in place of the torch model."""
-    key = (str(model), str(adapter), template)
+    key = (str(model), str(adapter), template, _stamp(model), _stamp(adapter))  # a rewritten folder reloads
     if key in _CACHE:
         return _CACHE[key]
     _CACHE.clear()  # keep one model in memory

@@ -332,3 +332,20 @@ def test_qlora_gradients_survive_an_evaluation_pass():
     assert plain.keys() == after_eval.keys()
     for name in plain:
         assert torch.allclose(plain[name], after_eval[name], atol=1e-6), name
+
+
+def test_chat_reloads_a_rewritten_model_folder(workdir):
+    from transformers import AutoModelForCausalLM
+
+    from ftkit.generate import load
+
+    q_proj = lambda net: net.model.layers[0].self_attn.q_proj.weight.detach().clone()  # noqa: E731
+    first = ftkit.train(base_config(workdir / "r", max_steps=1), console=False)
+    merged = ftkit.merge(first.adapter_dir, console=False)
+    assert ftkit.generate(merged, "Who are you?", max_new_tokens=4) is not None
+    old = q_proj(load(str(merged))[0])
+    again = ftkit.train(base_config(workdir / "r", max_steps=20, learning_rate=1e-2, overwrite_output_dir=True),
+                        console=False)
+    ftkit.merge(again.adapter_dir, console=False)  # same folder, new weights
+    now = q_proj(load(str(merged))[0])
+    assert torch.equal(now, q_proj(AutoModelForCausalLM.from_pretrained(merged))) and not torch.equal(now, old)
