@@ -250,8 +250,31 @@ def _trainer(model, tokenizer, p: Plan, emit, run, packed: bool):
 
 
 class AtomicCheckpointTrainer(Trainer):
-    """Writes checkpoint-N in a staging folder and renames it into place once complete, so a process
-    killed mid-save never leaves a checkpoint-N that looks whole (resume picks the last complete one)."""
+    """transformers.Trainer with two changes.
+
+    Checkpoints: checkpoint-N is written in a staging folder and renamed into place once complete, so a process
+    killed mid-save never leaves a checkpoint-N that looks whole (resume picks the last complete one).
+
+    Loss on packed rows: the head only scores the positions whose next token is trained (`logits_to_keep`), so
+    the vocabulary-wide logits of prompt tokens are never computed or kept; the loss is the same sum over
+    trained tokens divided by the same count as transformers' causal-LM loss.
+    """
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        import torch
+
+        labels = inputs.get("labels")
+        if labels is None or labels.shape[0] != 1 or self.label_smoother is not None or not _keeps_logits(model):
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        inputs = {k: v for k, v in inputs.items() if k != "labels"}
+        target = labels[0, 1:]
+        keep = (target != -100).nonzero().squeeze(-1)
+        outputs = model(**inputs, logits_to_keep=keep)
+        loss = torch.nn.functional.cross_entropy(outputs.logits[0].float(), target[keep], reduction="sum")
+        loss = loss / (num_items_in_batch if num_items_in_batch is not None else max(keep.numel(), 1))
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            loss = loss * (self.accelerator.num_processes // self.get_tp_size())  # as Trainer.compute_loss does
+        return (loss, outputs) if return_outputs else loss
 
     def _save_checkpoint(self, model, trial):
         from transformers.trainer_utils import rotate_checkpoints
@@ -273,6 +296,14 @@ class AtomicCheckpointTrainer(Trainer):
             self.state.best_model_checkpoint = self.state.best_model_checkpoint.replace(staging, run_dir)
         rotate_checkpoints(output_dir=run_dir, save_total_limit=self.args.save_total_limit,
                            best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)
+
+
+def _keeps_logits(model) -> bool:
+    """Whether the model's forward takes `logits_to_keep` (most current architectures do)."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "logits_to_keep" in inspect.signature(base.forward).parameters
 
 
 class Collator:
