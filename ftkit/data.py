@@ -361,7 +361,7 @@ def encode(conversations: list[list[dict]], tokenizer, template, cutoff_len: int
         return [], stats
     rendered = [template.render(c) for c in conversations]
     enc = tokenizer([r.text for r in rendered], add_special_tokens=False, return_offsets_mapping=True)
-    eot_ids = set(single_token_ids(tokenizer, template.stop)) or None
+    eot_ids = set(single_token_ids(tokenizer, template.stop))
     examples = []
     for r, ids, offsets in zip(rendered, enc["input_ids"], enc["offset_mapping"], strict=True):
         trained = [train_on_prompt or any(s < e_ and b < e for b, e_ in r.spans) for s, e in offsets]
@@ -383,7 +383,7 @@ def encode(conversations: list[list[dict]], tokenizer, template, cutoff_len: int
         stats.lengths.append(len(ids))
         stats.eot_trained = stats.eot_trained or any(l in eot_ids for l in labels)
         examples.append({"input_ids": ids, "labels": labels})
-    if not stats.eot_trained and eot_ids is None:  # end-of-turn is not one token: look at the trained text
+    if not stats.eot_trained and not eot_ids:  # end-of-turn is not one token: look at the trained text
         stats.eot_trained = any(any(stop in r.text[a:b] for stop in template.stop) for r in rendered for a, b in r.spans)
     return examples, stats
 

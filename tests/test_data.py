@@ -164,6 +164,14 @@ def test_labels_cover_only_answers_and_end_of_turn(tiny_tokenizer):
     assert tiny_tokenizer.decode(ex["input_ids"]) == t.render(conv).text  # one tokenization of the whole text
 
 
+def test_end_of_turn_found_when_it_is_several_tokens(tiny_tokenizer):
+    """llama3's <|eot_id|> is not one token for the tiny tokenizer: the trained text is checked instead."""
+    t = get_template("llama3", tiny_tokenizer)
+    assert len(tiny_tokenizer("<|eot_id|>", add_special_tokens=False)["input_ids"]) > 1
+    (ex,), stats = encode([msgs((U, "Hi"), (A, "Hello"))], tiny_tokenizer, t, 512)
+    assert stats.eot_trained and labelled_text(tiny_tokenizer, ex) == "Hello<|eot_id|>"
+
+
 def test_train_on_prompt_trains_everything(tiny_tokenizer):
     t = get_template("auto", tiny_tokenizer)
     (ex,), _ = encode([msgs((U, "Hi"), (A, "Hello"))], tiny_tokenizer, t, 512, train_on_prompt=True)
