@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ftkit.config import ADAPTER_CONFIG
 from ftkit.errors import ModelError
 from ftkit.export import OnnxLM
 from ftkit.templates import single_token_ids
@@ -27,11 +26,12 @@ def _stamp(folder) -> tuple | None:
 
 
 def _template_name(*folders) -> str | None:
-    from ftkit.config import RunConfig
+    from ftkit.merge import run_config_of
 
     for f in folders:
-        if f and (Path(f) / ADAPTER_CONFIG).exists():
-            return RunConfig.from_any(Path(f) / ADAPTER_CONFIG).template
+        cfg = run_config_of(Path(f)) if f else None
+        if cfg:
+            return cfg.template
     return None
 
 

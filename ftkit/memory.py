@@ -53,9 +53,9 @@ def model_counts(model) -> dict[str, int]:
 
 def _trained_layers(model) -> int:
     """Decoder blocks from the lowest one holding a trainable parameter up: only those keep activations."""
-    import torch
+    from ftkit.model import layer_stack
 
-    blocks = max((m for m in model.modules() if isinstance(m, torch.nn.ModuleList)), key=len, default=[])
+    blocks = layer_stack(model) or []
     trained = [i for i, b in enumerate(blocks) if any(p.requires_grad for p in b.parameters())]
     return len(blocks) - trained[0] if trained else 0
 

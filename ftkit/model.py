@@ -219,14 +219,18 @@ def packing_isolates(model) -> bool:
     return bool((alone - packed).abs().max() <= 1e-2 * alone.abs().max().clamp(min=1.0))
 
 
-def decoder_layers(model):
-    """The model's stack of decoder blocks: the longest ModuleList."""
+def layer_stack(model):
+    """The model's stack of decoder blocks (the longest ModuleList), or None."""
     import torch
 
-    lists = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList)]
-    if not lists:
+    return max((m for m in model.modules() if isinstance(m, torch.nn.ModuleList)), key=len, default=None)
+
+
+def decoder_layers(model):
+    layers = layer_stack(model)
+    if layers is None:
         raise ModelError(f"{type(model).__name__}: no layer list found for freeze tuning")
-    return max(lists, key=len)
+    return layers
 
 
 def make_trainable(model, cfg):

@@ -9,6 +9,7 @@ Trainer's hooks into ftkit events; everything that shows a run subscribes.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import time
@@ -72,8 +73,8 @@ class Plan:
     memory_available: int
     args: Any            # transformers.TrainingArguments
 
-    def summary(self) -> dict:
-        """The pre-flight figures (the `begin` event's content)."""
+    def summary(self, packed: bool | None = None) -> dict:
+        """The pre-flight figures (the `begin` event's content); `packed` is known once the model is loaded."""
         from ftkit.model import device
 
         cfg, stats = self.config, self.data.stats
@@ -83,7 +84,7 @@ class Plan:
             length_median=lengths[len(lengths) // 2], length_max=lengths[-1], trained_tokens=stats.trained_tokens,
             eot_trained=stats.eot_trained, truncated=_truncation_text(cfg, stats),
             trainable_params=self.counts["trainable"], total_params=self.counts["total"], max_steps=self.max_steps,
-            batch_tokens=_batch_text(cfg), device=device(), model=cfg.model_name_or_path,
+            batch_tokens=_batch_text(cfg, packed), packed=packed, device=device(), model=cfg.model_name_or_path,
             finetuning=_method_text(cfg), output_dir=str(cfg.run_dir), memory=self.memory.text(),
             memory_mb=self.memory.total / 2**20, memory_available_mb=self.memory_available / 2**20,
             config=cfg.to_dict())
@@ -153,8 +154,7 @@ def train(config, callbacks=(), console: bool = True) -> Run:
     trainer = _trainer(model, tokenizer, p, emit, run, packed)
     (out / "metrics.jsonl").unlink(missing_ok=True)
     cfg.save(out / RUN_CONFIG)
-    emit("begin", **{**p.summary(), "batch_tokens": _batch_text(cfg, packed)}, packed=packed,
-         note=_notes(cfg, model))
+    emit("begin", **p.summary(packed), note=_notes(cfg, model))
 
     resume = cfg.resume_from_checkpoint
     try:
@@ -300,10 +300,15 @@ class AtomicCheckpointTrainer(Trainer):
 
 def _keeps_logits(model) -> bool:
     """Whether the model's forward takes `logits_to_keep` (most current architectures do)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return _forward_takes_logits_to_keep(type(base))
+
+
+@functools.cache
+def _forward_takes_logits_to_keep(cls) -> bool:  # asked every step: inspect each class once
     import inspect
 
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "logits_to_keep" in inspect.signature(base.forward).parameters
+    return "logits_to_keep" in inspect.signature(cls.forward).parameters
 
 
 class Collator:
