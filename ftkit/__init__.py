@@ -23,6 +23,13 @@ def train(config, callbacks=(), console: bool = True):
     return _train(config, callbacks=callbacks, console=console)
 
 
+def launch(config, callbacks=(), nproc: int = 1, background: bool = False):
+    """The same run in a child process (`accelerate launch` for nproc > 1), its events relayed to `callbacks`."""
+    from ftkit.launch import launch as _launch
+
+    return _launch(config, callbacks=callbacks, nproc=nproc, background=background)
+
+
 def plan(config):
     """Check and size a run without loading weights (what `--dry-run` prints); see Plan.summary()."""
     from ftkit.train import plan as _plan
@@ -51,6 +58,43 @@ def convert(input, output, source_format: str = "auto") -> int:
     return _convert(input, output, source_format)
 
 
+runs: dict = {}  # runs started by %%finetune in this kernel, by name
+
+
+def preview(dataset, template: str = "auto", model: str = "tiny", n: int = 3, **config):
+    """A few examples as the model will see them (trained tokens marked) and their length statistics."""
+    from ftkit.notebook.views import preview as _preview
+
+    return _preview(dataset, template=template, model=model, n=n, **config)
+
+
+def compare(prompts, runs=("tiny",), max_new_tokens: int = 64, **sampling):
+    """Answers of several models or runs to the same prompts, side by side (a table in a notebook)."""
+    from ftkit.notebook.views import compare as _compare
+
+    return _compare(prompts, runs, max_new_tokens=max_new_tokens, **sampling)
+
+
+def panel(**values):
+    """A form that builds a run config from the schema, shows its YAML, validates and runs it."""
+    from ftkit.notebook.form import ConfigForm
+
+    return ConfigForm(**values)
+
+
+def load_ipython_extension(ip) -> None:
+    """`%load_ext ftkit`: registers %%finetune, %merge, %%chat and %ftkit."""
+    from ftkit.notebook.magics import load
+
+    load(ip)
+
+
+def unload_ipython_extension(ip) -> None:
+    from ftkit.notebook.magics import unload
+
+    unload(ip)
+
+
 class _Package(types.ModuleType):
     """Keeps `ftkit.train` & co. the API functions after their modules (ftkit/train.py ...) are imported."""
 
@@ -63,4 +107,5 @@ class _Package(types.ModuleType):
 sys.modules[__name__].__class__ = _Package
 
 __all__ = ["RunConfig", "ConfigError", "DataError", "FtkitError", "ModelError",
-           "train", "plan", "merge", "generate", "convert", "__version__"]
+           "train", "launch", "plan", "merge", "generate", "convert", "preview", "compare", "panel", "runs",
+           "__version__"]

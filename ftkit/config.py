@@ -92,6 +92,11 @@ class RunConfig:
     resume_from_checkpoint: bool | str | None = _f(None, "true (last checkpoint in output_dir) or a checkpoint folder.")
     ignore_memory_estimate: bool = _f(False, "Start even when the memory estimate exceeds what the device has.")
     threads: int | None = _f(None, "CPU threads for torch; default: all cores (set 1 when processes share cores).")
+    # watching a run
+    preview_prompts: list[str] = _f([], "Prompts answered by the model being trained, before the first step, every "
+                                        "preview_steps and at the end (the `sample` event; the notebook panel shows them).")
+    preview_steps: int | None = _f(None, "Answer the preview prompts every N updates (default: 4 times per run).")
+    preview_max_new_tokens: int = _f(48, "Length limit of each preview answer, in tokens (greedy decoding).")
     # passthrough TrainingArguments fields (optim, weight_decay, ...), filled by from_dict
     extra: dict = _f({}, "Other transformers.TrainingArguments fields, passed through.", internal=True)
 
@@ -161,8 +166,9 @@ class RunConfig:
         if self.fp16 and self.bf16:
             p.append("fp16 and bf16: choose one mixed precision")
         for key in ("per_device_train_batch_size", "gradient_accumulation_steps", "cutoff_len",
-                    "logging_steps", "save_steps", "lora_rank", "freeze_trainable_layers"):
-            if getattr(self, key) < 1:
+                    "logging_steps", "save_steps", "lora_rank", "freeze_trainable_layers", "preview_steps",
+                    "preview_max_new_tokens"):
+            if getattr(self, key) is not None and getattr(self, key) < 1:
                 p.append(f"{key}: must be at least 1, got {getattr(self, key)}")
         for key in ("learning_rate", "max_grad_norm"):
             if not getattr(self, key) > 0:
@@ -348,6 +354,8 @@ def _coerce(value, hint):
         if origin is list:
             if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
                 return list(value)
+            if isinstance(value, str) and t is hint:  # one prompt for a list of prompts
+                return [value]
             continue
         if t is bool:
             if isinstance(value, bool):

@@ -31,3 +31,7 @@ class DataError(FtkitError):
 
 class ModelError(FtkitError):
     """A model, tokenizer or adapter cannot be loaded or used as asked."""
+
+
+class RunError(FtkitError):
+    """A training process ended without finishing (crash, out of memory, killed)."""

@@ -9,10 +9,13 @@ current step (a Stop button does this); what was trained is saved.
     begin  {examples, eval_examples, tokens, length_median, length_max, trained_tokens, eot_trained, truncated, trainable_params,
             total_params, max_steps, batch_tokens, device, model, finetuning, output_dir, memory, memory_mb,
             memory_available_mb, note, config}
-    step   {step, max_steps, epoch, loss, lr, grad_norm, tokens_per_s, memory_mb, memory_total_mb, elapsed_s, eta_s}
+    step   {step, max_steps, epoch, loss, lr, grad_norm, tokens_per_s, memory_mb, memory_total_mb,
+            memory_allocated_mb (CUDA only), elapsed_s, eta_s}
     eval   {step, eval_loss}
+    sample {step, samples: [{prompt, answer}]}   (when the config lists preview_prompts)
     save   {step, path}
     end    {step, train_loss, runtime_s, output_dir, adapter_dir, stopped}
+    error  {error, message}   (a run in a child process failed: see ftkit.launch)
 """
 from __future__ import annotations
 
@@ -25,7 +28,7 @@ from typing import Callable
 
 Event = dict
 Callback = Callable[[Event], None]
-KINDS = ("begin", "step", "eval", "save", "end")
+KINDS = ("begin", "step", "eval", "sample", "save", "end", "error")
 
 
 class Emitter:
@@ -92,6 +95,11 @@ class ConsoleProgress:
                 f"elapsed {_clock(e['elapsed_s'])}  eta {_clock(e['eta_s'])}")
         elif kind == "eval":
             self._print(f"eval at step {e['step']}: loss {e['eval_loss']:.4f}")
+        elif kind == "sample":
+            for s in e["samples"]:
+                self._print(f"sample at step {e['step']}: {s['prompt']!r} -> {s['answer']!r}")
+        elif kind == "error":
+            self._print(f"failed: {e['message']}")
         elif kind == "end":
             how = "stopped early" if e.get("stopped") else "done"
             loss = f"train loss {e['train_loss']:.4f}, " if e.get("train_loss") is not None else ""

@@ -91,10 +91,11 @@ def stop_ids(tokenizer, template) -> list[int]:
 
 
 def generate(model, prompt, adapter=None, template=None, max_new_tokens: int = 256, system: str | None = None,
-             **sampling) -> str:
+             stream=None, **sampling) -> str:
     """Answer `prompt` (a string, or a list of messages for a multi-turn chat).
 
     `model` is a folder, a hub name, `tiny`, or a Run (its adapter is used).
+    `stream`, a callable, receives the answer's text piece by piece as it is generated.
     Sampling keywords go to `transformers` `generate` (temperature, top_p, top_k,
     repetition_penalty, ...); with no temperature the answer is greedy.
     """
@@ -104,24 +105,34 @@ def generate(model, prompt, adapter=None, template=None, max_new_tokens: int = 2
         if run.config.finetuning_type != "lora":
             model, adapter = run.adapter_dir, None
     net, tokenizer, tmpl = load(str(model), str(adapter) if adapter else None, template)
-    import torch
-
     messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
     if system:
         messages = [{"role": "system", "content": system}] + messages
-    text = tmpl.render(messages, add_generation_prompt=True).text
     if isinstance(net, OnnxLM):
+        text = tmpl.render(messages, add_generation_prompt=True).text
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         new = net.generate(ids, max_new_tokens, stop_ids(tokenizer, tmpl), sampling.get("temperature", 0.0),
                            sampling.get("top_p", 1.0), sampling.get("seed"))
-        return _clean(tokenizer.decode(new, skip_special_tokens=True), tmpl)
+        answer_text = _clean(tokenizer.decode(new, skip_special_tokens=True), tmpl)
+        if stream:
+            stream(answer_text)
+        return answer_text
+    return answer(net, tokenizer, tmpl, messages, max_new_tokens, stream=stream, **sampling)
+
+
+def answer(net, tokenizer, tmpl, messages: list[dict], max_new_tokens: int, stream=None, **sampling) -> str:
+    """One assistant turn from a loaded torch model (also what a run's preview samples use)."""
+    import torch
+
+    text = tmpl.render(messages, add_generation_prompt=True).text
     enc = tokenizer(text, add_special_tokens=False, return_tensors="pt").to(net.device)
     sampling.setdefault("do_sample", sampling.get("temperature", 0) > 0)
     multi = [s for s in tmpl.stop if len(tokenizer(s, add_special_tokens=False)["input_ids"]) > 1]
+    streamer = _Streamer(tokenizer, tmpl, stream) if stream else None
     with torch.no_grad():
         out = net.generate(**enc, max_new_tokens=max_new_tokens, eos_token_id=stop_ids(tokenizer, tmpl),
                            pad_token_id=tokenizer.pad_token_id, stop_strings=multi or None,
-                           tokenizer=tokenizer if multi else None, **sampling)
+                           tokenizer=tokenizer if multi else None, streamer=streamer, **sampling)
     return _clean(tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True), tmpl)
 
 
@@ -129,3 +140,39 @@ def _clean(answer: str, tmpl) -> str:
     for s in tmpl.stop:  # a stop string that is not one special token stays in the text: cut it
         answer = answer.split(s)[0]
     return answer.strip()
+
+
+class _Streamer:
+    """Hands `callback` the new text of the answer as tokens arrive (whole characters only), without the stop
+    string and surrounding whitespace that the returned answer leaves out: the pieces add up to the answer."""
+
+    def __init__(self, tokenizer, tmpl, callback):
+        self.tokenizer, self.tmpl, self.callback = tokenizer, tmpl, callback
+        self.ids: list[int] = []
+        self.sent = ""
+        self.prompt_seen = False
+
+    def put(self, value) -> None:
+        if not self.prompt_seen:  # generate() first hands over the prompt
+            self.prompt_seen = True
+            return
+        self.ids.extend(value.reshape(-1).tolist())
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        if text.endswith("\ufffd"):  # half of a multi-byte character: wait for the rest
+            return
+        self._send(_clean(text, self.tmpl), final=False)
+
+    def end(self) -> None:
+        self._send(_clean(self.tokenizer.decode(self.ids, skip_special_tokens=True), self.tmpl), final=True)
+
+    def _send(self, text: str, final: bool) -> None:
+        if not final:  # a stop string may be arriving token by token: hold back what could be its start
+            text = text[:len(text) - max((_overlap(text, s) for s in self.tmpl.stop), default=0)]
+        if text.startswith(self.sent) and len(text) > len(self.sent):
+            self.callback(text[len(self.sent):])
+            self.sent = text
+
+
+def _overlap(text: str, stop: str) -> int:
+    """Length of the longest end of `text` that begins `stop`."""
+    return next((n for n in range(min(len(text), len(stop) - 1), 0, -1) if stop.startswith(text[-n:])), 0)

@@ -125,8 +125,12 @@ def plan(config) -> Plan:
     return Plan(cfg, model_path, tokenizer, template, prepared, counts, max_steps, estimate, budget, args)
 
 
-def train(config, callbacks=(), console: bool = True) -> Run:
-    """Fine-tune as `config` (RunConfig, dict or YAML path) says; returns the Run."""
+def train(config, callbacks=(), console: bool = True, should_stop=None) -> Run:
+    """Fine-tune as `config` (RunConfig, dict or YAML path) says; returns the Run.
+
+    `callbacks` receive the run's events; one returning "stop", `should_stop()` turning true, or a first Ctrl-C
+    (SIGINT) ends the run after the current step, a second Ctrl-C at once; either way what was trained is saved.
+    """
     import torch
     from transformers import set_seed
 
@@ -151,14 +155,15 @@ def train(config, callbacks=(), console: bool = True) -> Run:
     run = Run(cfg, out)
     subscribers = [run.record, JsonlLog(out / "metrics.jsonl")] + ([ConsoleProgress()] if console else [])
     emit = Emitter(subscribers + list(callbacks))
-    trainer = _trainer(model, tokenizer, p, emit, run, packed)
+    trainer = _trainer(model, tokenizer, p, emit, run, packed, should_stop)
     (out / "metrics.jsonl").unlink(missing_ok=True)
     cfg.save(out / RUN_CONFIG)
     emit("begin", **p.summary(packed), note=_notes(cfg, model))
 
     resume = cfg.resume_from_checkpoint
     try:
-        trainer.train(resume_from_checkpoint=resume if resume not in (None, False) else None)
+        with _soft_interrupt(run):
+            trainer.train(resume_from_checkpoint=resume if resume not in (None, False) else None)
     except KeyboardInterrupt:
         run.stopped = True  # save what was trained below; the caller sees run.stopped
     run.stopped = run.stopped or run._stop_requested or emit.stop_requested
@@ -238,12 +243,38 @@ def training_arguments(cfg: RunConfig, max_steps: int, evaluate: bool):
         raise ConfigError(f"TrainingArguments refused the config: {str(e).splitlines()[0]}") from None
 
 
-def _trainer(model, tokenizer, p: Plan, emit, run, packed: bool):
+@contextlib.contextmanager
+def _soft_interrupt(run: Run):
+    """First Ctrl-C (SIGINT, also a notebook kernel's interrupt): finish this step, save, stop; a second: now."""
+    import signal
+    import sys
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        if run._stop_requested:
+            raise KeyboardInterrupt
+        run.stop()
+        print("\nftkit: stopping after this step and saving (interrupt again to stop at once)", file=sys.stderr,
+              flush=True)
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _trainer(model, tokenizer, p: Plan, emit, run, packed: bool, should_stop=None):
     from transformers import PrinterCallback, ProgressCallback
 
+    bridge = EventBridge(emit, run, should_stop, Previewer(p, tokenizer))
     trainer = AtomicCheckpointTrainer(model=model, args=p.args, data_collator=Collator(tokenizer.pad_token_id, packed),
                                       train_dataset=p.data.train, eval_dataset=p.data.eval or None,
-                                      processing_class=tokenizer, callbacks=[EventBridge(emit, run)])
+                                      processing_class=tokenizer, callbacks=[bridge])
     for cb in (PrinterCallback, ProgressCallback):  # ftkit's own subscribers show progress
         trainer.remove_callback(cb)
     return trainer
@@ -342,19 +373,47 @@ class Collator:
 class EventBridge(TrainerCallback):
     """Translates transformers.Trainer callbacks into ftkit events."""
 
-    def __init__(self, emit, run: Run):
-        self.emit, self.run = emit, run
+    def __init__(self, emit, run: Run, should_stop=None, previewer=None):
+        self.emit, self.run, self.should_stop, self.previewer = emit, run, should_stop, previewer
         self.t0 = self.t_last = None
         self.tokens_last = 0
-        self.eval_s = 0.0  # evaluation time since the last step event, left out of tokens/s
+        self.eval_s = 0.0  # evaluation and preview time since the last step event, left out of tokens/s
+        self.sampled_at = None
 
-    def on_train_begin(self, args, state, control, **kw):
+    def on_train_begin(self, args, state, control, model=None, **kw):
+        self._sample(state, model)
         self.t0 = self.t_last = time.time()
-        self.tokens_last = state.num_input_tokens_seen
+        self.tokens_last, self.eval_s = state.num_input_tokens_seen, 0.0
 
-    def on_step_end(self, args, state, control, **kw):
-        if self.run._stop_requested or self.emit.stop_requested:
+    def on_step_end(self, args, state, control, model=None, **kw):
+        if self._stop_wanted(args):
             control.should_training_stop = True
+        if model is not None and self.previewer and state.global_step % self.previewer.every == 0:
+            self._sample(state, model)
+
+    def on_train_end(self, args, state, control, model=None, **kw):
+        self._sample(state, model)
+
+    def _sample(self, state, model) -> None:
+        if not (self.previewer and model is not None and state.is_world_process_zero):
+            return
+        if self.sampled_at == state.global_step:
+            return
+        t = time.time()
+        self.sampled_at = state.global_step
+        self.emit("sample", step=state.global_step, samples=self.previewer(model))
+        self.eval_s += time.time() - t
+
+    def _stop_wanted(self, args) -> bool:
+        stop = self.run._stop_requested or self.emit.stop_requested or bool(self.should_stop and self.should_stop())
+        if args.world_size > 1:  # every process must stop at the same step, or the others wait forever
+            import torch
+            import torch.distributed as dist
+
+            flag = torch.tensor([float(stop)], device=args.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            stop = bool(flag.item())
+        return stop
 
     def on_log(self, args, state, control, logs=None, **kw):
         logs = logs or {}
@@ -364,29 +423,57 @@ class EventBridge(TrainerCallback):
             rate = (tokens - self.tokens_last) / max(now - self.t_last - self.eval_s, 1e-9)
             self.t_last, self.tokens_last, self.eval_s = now, tokens, 0.0
             elapsed = now - self.t0
-            used, total = _memory_mb()
+            used, total, allocated = _memory_mb()
             self.emit("step", step=state.global_step, max_steps=state.max_steps, epoch=logs.get("epoch", state.epoch),
                       loss=logs["loss"], lr=logs.get("learning_rate", 0.0), grad_norm=logs.get("grad_norm"),
-                      tokens_per_s=rate, memory_mb=used, memory_total_mb=total, elapsed_s=elapsed,
+                      tokens_per_s=rate, memory_mb=used, memory_total_mb=total, memory_allocated_mb=allocated,
+                      elapsed_s=elapsed,
                       eta_s=elapsed / max(state.global_step, 1) * (state.max_steps - state.global_step))
         if "eval_loss" in logs:
             self.eval_s += logs.get("eval_runtime", 0.0)
             self.emit("eval", step=state.global_step, eval_loss=logs["eval_loss"])
-        self.on_step_end(args, state, control)  # a subscriber may have asked to stop at this step
+        if args.world_size == 1 and (self.run._stop_requested or self.emit.stop_requested):
+            control.should_training_stop = True  # a subscriber asked to stop at this step (with several
+            # processes, the next step's agreement in _stop_wanted stops them all together)
     def on_save(self, args, state, control, **kw):
         self.emit("save", step=state.global_step, path=os.path.join(args.output_dir, f"checkpoint-{state.global_step}"))
 
 
-def _memory_mb() -> tuple[float, float]:
-    """(used, total) MiB: CUDA memory reserved on GPU, else this process's RSS against machine RAM."""
+class Previewer:
+    """Answers the run's preview_prompts with the model as it trains (greedy, short): the `sample` event."""
+
+    def __init__(self, p: Plan, tokenizer):
+        self.prompts, self.tokenizer, self.template = p.config.preview_prompts, tokenizer, p.template
+        self.every = p.config.preview_steps or max(1, p.max_steps // 4)
+        self.max_new_tokens = p.config.preview_max_new_tokens
+
+    def __bool__(self) -> bool:
+        return bool(self.prompts)
+
+    def __call__(self, model) -> list[dict]:
+        from ftkit.generate import answer
+
+        was_training = model.training
+        model.eval()  # no dropout while answering
+        try:
+            return [{"prompt": q, "answer": answer(model, self.tokenizer, self.template,
+                                                     [{"role": "user", "content": q}], self.max_new_tokens)}
+                    for q in self.prompts]
+        finally:
+            model.train(was_training)
+
+
+def _memory_mb() -> tuple[float, float, float | None]:
+    """(used, total, allocated) MiB: CUDA memory reserved (and allocated by tensors) against the GPU's, else this
+    process's RSS against machine RAM (allocated None)."""
     import torch
 
     if torch.cuda.is_available():
         total = torch.cuda.get_device_properties(0).total_memory
-        return torch.cuda.memory_reserved() / 2**20, total / 2**20
+        return torch.cuda.memory_reserved() / 2**20, total / 2**20, torch.cuda.memory_allocated() / 2**20
     import psutil
 
-    return psutil.Process().memory_info().rss / 2**20, psutil.virtual_memory().total / 2**20
+    return psutil.Process().memory_info().rss / 2**20, psutil.virtual_memory().total / 2**20, None
 
 
 def _save_initial_adapter(model, cfg: RunConfig, out: Path) -> Path | None:

@@ -1,0 +1,147 @@
+"""`%%finetune`, `%merge`, `%%chat` and `%ftkit`: each parses its line and cell and calls the engine.
+
+Registered by `%load_ext ftkit`. Runs are bound in the user namespace under their name and kept in
+`ftkit.runs`. Config and data errors show as a short message (`--debug` shows the traceback).
+"""
+from __future__ import annotations
+
+import contextlib
+import re
+import shlex
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, cell_magic, line_cell_magic, line_magic, magics_class
+from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+
+import ftkit
+from ftkit.errors import FtkitError
+
+PLACEHOLDER = re.compile(r"(?<!\{)\{([A-Za-z_][A-Za-z0-9_]*)\}(?!\})")
+
+
+def fill(cell: str, namespace: dict) -> str:
+    """Replace `{name}` with the value of the notebook variable `name` (only names: nothing is evaluated)."""
+    def value(m):
+        if m.group(1) not in namespace:
+            raise UsageError(f"%%finetune: {{{m.group(1)}}} names no notebook variable; define it, "
+                             "or write {{...}} for literal braces")
+        v = namespace[m.group(1)]
+        return v if isinstance(v, str) else __import__("json").dumps(v) if isinstance(v, (list, dict, bool)) else str(v)
+
+    return PLACEHOLDER.sub(value, cell).replace("{{", "{").replace("}}", "}")
+
+
+@contextlib.contextmanager
+def people_errors(debug: bool):
+    """ftkit's errors as a short UsageError (no traceback), unless --debug."""
+    try:
+        yield
+    except FtkitError as e:
+        if debug:
+            raise
+        raise UsageError(str(e)) from None
+
+
+@magics_class
+class FtkitMagics(Magics):
+    def __init__(self, shell):
+        super().__init__(shell)
+        self.histories: dict[str, list[dict]] = {}  # %%chat conversations, per run
+
+    @magic_arguments()
+    @argument("--name", default="run", help="variable (and ftkit.runs key) the run is bound to")
+    @argument("--dry-run", action="store_true", help="check config and data, show the plan; load no weights")
+    @argument("--background", action="store_true", help="return at once; run.wait() / run.stop()")
+    @argument("--inline", action="store_true", help="train in this kernel (run.model stays live)")
+    @argument("--nproc", type=int, default=1, help="processes, through accelerate launch")
+    @argument("--debug", action="store_true", help="show tracebacks")
+    @cell_magic
+    def finetune(self, line, cell):
+        """Fine-tune as the YAML cell body says (the `ftkit train` schema); `{var}` takes a notebook variable."""
+        args = parse_argstring(self.finetune, line)
+        from ftkit.config import RunConfig, parse_yaml
+
+        with people_errors(args.debug):
+            cfg = RunConfig.from_any(parse_yaml(fill(cell, self.shell.user_ns), where="%%finetune cell") or {})
+            if args.dry_run:
+                from ftkit.events import preflight_text
+
+                print(cfg.to_yaml() + "\n" + preflight_text(ftkit.plan(cfg).summary()) + "\n(dry run: no weights loaded)")
+                return None
+            from ftkit.notebook.live import run_with_panel
+
+            run = run_with_panel(cfg, args.name, args.inline, args.background, args.nproc)
+        self.shell.user_ns[args.name] = ftkit.runs[args.name] = run
+        return run
+
+    @magic_arguments()
+    @argument("target", help="a run's name, or a run or adapter folder")
+    @argument("--out", help="merged model folder (default: <run>/merged)")
+    @argument("--debug", action="store_true")
+    @line_magic
+    def merge(self, line):
+        """Fold a run's LoRA adapter into its base model; returns the merged folder."""
+        args = parse_argstring(self.merge, line)
+        target = self._run(args.target)
+        with people_errors(args.debug):
+            path = ftkit.merge(getattr(target, "output_dir", target), out=args.out)
+        print(f"merged model: {path}")
+        return path
+
+    @magic_arguments()
+    @argument("--run", help="a run's name, a model folder or `tiny` (default: the latest run)")
+    @argument("--max_new_tokens", type=int, default=256)
+    @argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    @argument("--system", help="system message")
+    @argument("--reset", action="store_true", help="forget this run's conversation")
+    @argument("--debug", action="store_true")
+    @line_cell_magic
+    def chat(self, line, cell=None):
+        """The cell is your message; the answer streams in; the conversation continues until --reset."""
+        args = parse_argstring(self.chat, line)
+        key = args.run or (next(reversed(ftkit.runs)) if ftkit.runs else None)
+        if args.reset:
+            self.histories.pop(key, None)
+            print(f"conversation with {key} forgotten")
+            return
+        if not (cell or "").strip():
+            raise UsageError("%%chat: the cell body is your message (write it below the %%chat line)")
+        if key is None:
+            raise UsageError("%%chat: no run yet in this kernel; train one with %%finetune or give --run MODEL_DIR")
+        history = self.histories.get(key, [])
+        sampling = {"temperature": args.temperature} if args.temperature > 0 else {}
+        with people_errors(args.debug):
+            answer = ftkit.generate(self._run(key), history + [{"role": "user", "content": cell.strip()}],
+                                    max_new_tokens=args.max_new_tokens, system=args.system,
+                                    stream=lambda piece: print(piece, end="", flush=True), **sampling)
+        print()
+        self.histories[key] = history + [{"role": "user", "content": cell.strip()},
+                                         {"role": "assistant", "content": answer}]
+
+    @line_magic
+    def ftkit(self, line):
+        """`%ftkit preview dataset=... template=... model=...`: the data as the model will see it."""
+        words = shlex.split(line)
+        if not words or words[0] != "preview":
+            raise UsageError("usage: %ftkit preview dataset=NAME [template=auto] [model=tiny] [n=3] [cutoff_len=N]")
+        from ftkit.config import parse_overrides
+
+        with people_errors("--debug" in words):
+            return ftkit.preview(**parse_overrides([w for w in words[1:] if w != "--debug"]))
+
+    def _run(self, key: str):
+        """A run bound by %%finetune (by name), else the text itself (a folder, `tiny`)."""
+        return ftkit.runs.get(key, key)
+
+
+MAGICS = {"cell": ["finetune", "chat"], "line": ["merge", "chat", "ftkit"]}
+
+
+def load(ip) -> None:
+    ip.register_magics(FtkitMagics)
+
+
+def unload(ip) -> None:
+    for kind, names in MAGICS.items():
+        for name in names:
+            ip.magics_manager.magics[kind].pop(name, None)

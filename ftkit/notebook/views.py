@@ -1,0 +1,147 @@
+"""Static views: the data preview (tokens the model sees, trained ones marked) and side-by-side answers.
+
+Both return plain objects with an HTML view for notebooks and a text view for terminals and logs.
+"""
+from __future__ import annotations
+
+import base64
+import html
+from dataclasses import dataclass, field
+
+from ftkit.data import IGNORE
+
+TRAINED_STYLE = "background:#c8f7c5;color:#064;"   # tokens the loss is computed on
+MASKED_STYLE = "background:#f0f0f0;color:#888;"    # prompt/system tokens: seen, not trained
+TOKEN_STYLE = "border-right:1px solid #fff;padding:0 1px;white-space:pre-wrap;font-family:monospace;"
+
+
+@dataclass
+class Preview:
+    """Examples as tokenized and labelled for training, plus length statistics against cutoff_len."""
+
+    examples: list[list[tuple[str, bool]]]  # per example: (token text, trained)
+    lengths: list[int]                      # tokens per example before cutoff
+    cutoff_len: int
+    template: str
+    trained_share: float
+    eot_trained: bool
+
+    @property
+    def over_cutoff(self) -> int:
+        return sum(n > self.cutoff_len for n in self.lengths)
+
+    def stats_text(self) -> str:
+        s = sorted(self.lengths)
+        return (f"{len(s):,} examples, template {self.template}: tokens per example median {s[len(s) // 2]}, "
+                f"max {s[-1]}; {self.over_cutoff} longer than cutoff_len {self.cutoff_len}; "
+                f"{100 * self.trained_share:.0f}% of tokens trained; end-of-turn trained: "
+                f"{'yes' if self.eot_trained else 'NO (the model would never learn to stop)'}")
+
+    def __repr__(self) -> str:
+        parts = [self.stats_text(), "[[...]] = trained tokens, | = token boundary"]
+        for i, ex in enumerate(self.examples):
+            text, open_ = "", False
+            for tok, trained in ex:
+                if trained != open_:
+                    text += "[[" if trained else "]]"
+                    open_ = trained
+                text += tok + "|"
+            parts.append(f"--- example {i}\n{text}{']]' if open_ else ''}")
+        return "\n".join(parts)
+
+    def _repr_html_(self) -> str:
+        from ftkit.notebook import need
+
+        need("matplotlib")
+        rows = [f"<p>{html.escape(self.stats_text())}</p>",
+                f"<p><span style='{TRAINED_STYLE}'>trained token</span> "
+                f"<span style='{MASKED_STYLE}'>masked token (no loss)</span></p>"]
+        for i, ex in enumerate(self.examples):
+            spans = "".join(f"<span style='{TOKEN_STYLE}{TRAINED_STYLE if t else MASKED_STYLE}' title='{i}'>"
+                            f"{html.escape(tok).replace(chr(10), '↵<br>')}</span>" for tok, t in ex)
+            rows.append(f"<div style='margin:6px 0;line-height:1.7'><b>example {i}</b><br>{spans}</div>")
+        png = base64.b64encode(lengths_png(self.lengths, self.cutoff_len)).decode()
+        rows.append(f"<img src='data:image/png;base64,{png}'/>")
+        return "\n".join(rows)
+
+
+def lengths_png(lengths: list[int], cutoff_len: int) -> bytes:
+    import io
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.2, 2.2), dpi=100)
+    ax = fig.add_subplot()
+    ax.hist(lengths, bins=min(40, max(5, len(set(lengths)))), color="#1f77b4")
+    if cutoff_len <= max(lengths) * 1.5:
+        ax.axvline(cutoff_len, color="#d62728", ls="--", label=f"cutoff_len {cutoff_len}")
+        ax.legend(frameon=False)
+    ax.set_xlabel("tokens per example")
+    ax.set_ylabel("examples")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    FigureCanvasAgg(fig).print_png(buf)
+    return buf.getvalue()
+
+
+def preview(dataset, template: str = "auto", model: str = "tiny", n: int = 3, **config) -> Preview:
+    """Tokenize `dataset` as a run with these keys would (same schema as `ftkit train`) and show `n` examples."""
+    from ftkit import data, model as M, templates
+    from ftkit.config import RunConfig
+
+    cfg = RunConfig.from_dict({"dataset": dataset, "template": template, "model_name_or_path": model, **config})
+    M.quiet()
+    path = M.resolve(cfg.model_name_or_path)
+    tokenizer = M.load_tokenizer(path, cfg.tokenizer_name_or_path, cfg.trust_remote_code, cfg.added_tokens)
+    tmpl = templates.get_template(cfg.template, tokenizer, M.model_type(path))
+    convs = []
+    for name in cfg.datasets:
+        src = data.resolve_dataset(name, cfg.dataset_dir)
+        part = data.load_conversations(src.path, cfg.formatting if cfg.formatting != "auto" else src.formatting,
+                                       src.columns)
+        convs += part[: cfg.max_samples] if cfg.max_samples else part
+    _, whole = data.encode(convs, tokenizer, tmpl, 10**9, cfg.train_on_prompt)  # lengths before the cutoff
+    shown, _ = data.encode(convs[:n], tokenizer, tmpl, cfg.cutoff_len, cfg.train_on_prompt)
+    examples = [[(tokenizer.decode([i]), label != IGNORE) for i, label in zip(ex["input_ids"], ex["labels"])]
+                for ex in shown]
+    return Preview(examples, whole.lengths, cfg.cutoff_len, tmpl.name, whole.trained_tokens / max(whole.tokens, 1),
+                   whole.eot_trained)
+
+
+@dataclass
+class Comparison:
+    """Answers per prompt (rows) and model or run (columns)."""
+
+    prompts: list[str]
+    labels: list[str]
+    answers: list[list[str]] = field(default_factory=list)  # [prompt][model]
+
+    def __repr__(self) -> str:
+        out = []
+        for prompt, row in zip(self.prompts, self.answers):
+            out.append(f"> {prompt}")
+            out += [f"  {label}: {answer}" for label, answer in zip(self.labels, row)]
+        return "\n".join(out)
+
+    def _repr_html_(self) -> str:
+        head = "".join(f"<th>{html.escape(label)}</th>" for label in self.labels)
+        body = "".join(
+            f"<tr><td><b>{html.escape(p)}</b></td>" + "".join(f"<td>{html.escape(a)}</td>" for a in row) + "</tr>"
+            for p, row in zip(self.prompts, self.answers))
+        return f"<table><tr><th>prompt</th>{head}</tr>{body}</table>"
+
+
+def compare(prompts, runs=("tiny",), max_new_tokens: int = 64, **sampling) -> Comparison:
+    """Each model (a folder, `tiny`, a hub name) or run answers each prompt; greedy unless told otherwise."""
+    import ftkit
+
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    names = {id(r): name for name, r in ftkit.runs.items()}
+    labels = [names.get(id(r)) or (f"base ({r})" if isinstance(r, str) else str(getattr(r, "output_dir", r)))
+              for r in runs]
+    table = Comparison(prompts, labels)
+    for model in runs:  # model by model: each loads once (generate keeps the last one)
+        answers = [ftkit.generate(model, p, max_new_tokens=max_new_tokens, **sampling) for p in prompts]
+        table.answers = [row + [a] for row, a in zip(table.answers or [[] for _ in prompts], answers)]
+    return table
