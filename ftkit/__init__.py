@@ -16,11 +16,12 @@ from ftkit.config import RunConfig  # noqa: E402  (light: yaml only)
 from ftkit.errors import ConfigError, DataError, FtkitError, ModelError  # noqa: E402
 
 
-def train(config, callbacks=(), console: bool = True):
-    """Fine-tune in this process; `config` is a RunConfig, a dict or a YAML path. Returns a Run."""
+def train(config, callbacks=(), console: bool = True, should_stop=None):
+    """Fine-tune in this process; `config` is a RunConfig, a dict or a YAML path. Returns a Run.
+    A callback returning "stop", `should_stop()` turning true or Ctrl-C ends it after the step, saved."""
     from ftkit.train import train as _train
 
-    return _train(config, callbacks=callbacks, console=console)
+    return _train(config, callbacks=callbacks, console=console, should_stop=should_stop)
 
 
 def launch(config, callbacks=(), nproc: int = 1, background: bool = False):

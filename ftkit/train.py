@@ -387,7 +387,7 @@ class EventBridge(TrainerCallback):
 
     def on_step_end(self, args, state, control, model=None, **kw):
         if self._stop_wanted(args):
-            control.should_training_stop = True
+            control.should_training_stop = self.run._stop_requested = True
         if model is not None and self.previewer and state.global_step % self.previewer.every == 0:
             self._sample(state, model)
 

@@ -56,9 +56,10 @@ class FtkitMagics(Magics):
     @argument("--nproc", type=int, default=1, help="processes, through accelerate launch")
     @argument("--debug", action="store_true", help="show tracebacks")
     @cell_magic
-    def finetune(self, line, cell):
+    def finetune(self, line, cell, awaiting: bool = False):
         """Fine-tune as the YAML cell body says (the `ftkit train` schema); `{var}` takes a notebook variable."""
         args = parse_argstring(self.finetune, line)
+        foreground = not (args.inline or args.background or args.dry_run)
         from ftkit.config import RunConfig, parse_yaml
 
         with people_errors(args.debug):
@@ -70,9 +71,9 @@ class FtkitMagics(Magics):
                 return None
             from ftkit.notebook.live import run_with_panel
 
-            run = run_with_panel(cfg, args.name, args.inline, args.background, args.nproc)
+            run = run_with_panel(cfg, args.name, args.inline, args.background or awaiting and foreground, args.nproc)
         self.shell.user_ns[args.name] = ftkit.runs[args.name] = run
-        return run
+        return _until_done(run, args.debug) if awaiting and foreground else run
 
     @magic_arguments()
     @argument("target", help="a run's name, or a run or adapter folder")
@@ -134,14 +135,54 @@ class FtkitMagics(Magics):
         return ftkit.runs.get(key, key)
 
 
+# ---- a foreground run that still hears its Stop button ----
+# A Jupyter kernel handles widget messages (a button click) only between cells, or while a cell awaits. So in
+# a kernel with widgets, a %%finetune cell is rewritten to await its run; the run trains in its child process
+# as always, and the kernel's interrupt cancels the wait, which is passed on to the run as a stop.
+
+_CALL = "get_ipython().run_cell_magic('finetune', "
+
+
+def await_finetune(lines: list[str]) -> list[str]:
+    """IPython input transformer: in a kernel with widgets, a %%finetune cell awaits `finetune_awaiting`."""
+    from ftkit.notebook import use_widgets
+
+    if lines and lines[0].startswith(_CALL) and use_widgets():
+        call = "await __import__('ftkit.notebook.magics', fromlist=['_']).finetune_awaiting(get_ipython(), "
+        return [lines[0].replace(_CALL, call, 1), *lines[1:]]
+    return lines
+
+
+async def finetune_awaiting(ip, line: str, cell: str):
+    result = ip.magics_manager.registry["FtkitMagics"].finetune(line, cell, awaiting=True)
+    return await result if hasattr(result, "__await__") else result
+
+
+async def _until_done(run, debug: bool):
+    import asyncio
+
+    while not run.done:
+        try:
+            await asyncio.sleep(0.1)
+        except asyncio.CancelledError:  # the kernel's interrupt, in an awaiting cell: stop the run, keep waiting
+            asyncio.current_task().uncancel()
+            run._interrupt()
+    with people_errors(debug):
+        return run.wait()
+
+
 MAGICS = {"cell": ["finetune", "chat"], "line": ["merge", "chat", "ftkit"]}
 
 
 def load(ip) -> None:
     ip.register_magics(FtkitMagics)
+    if await_finetune not in ip.input_transformers_post:
+        ip.input_transformers_post.append(await_finetune)
 
 
 def unload(ip) -> None:
     for kind, names in MAGICS.items():
         for name in names:
             ip.magics_manager.magics[kind].pop(name, None)
+    if await_finetune in ip.input_transformers_post:
+        ip.input_transformers_post.remove(await_finetune)

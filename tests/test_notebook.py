@@ -1,0 +1,324 @@
+"""The notebook face through a real IPython InteractiveShell: magics, live panel, form, preview, chat.
+
+Widgets are checked through their traits (no browser here; that is the tutorials' browser test).
+"""
+import json
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+import yaml
+from conftest import DATA, base_config
+from IPython.core.error import UsageError
+from IPython.utils.capture import capture_output
+
+import ftkit
+from ftkit import notebook
+from ftkit.config import RunConfig
+from ftkit.notebook.live import LivePanel
+from ftkit.notebook.magics import fill
+
+
+@pytest.fixture
+def ip(workdir, monkeypatch):
+    from IPython.testing.globalipapp import get_ipython
+
+    shell = get_ipython()  # one shell for the session, as a kernel has
+    shell.run_line_magic("load_ext", "ftkit")
+    monkeypatch.setattr(ftkit, "runs", {})
+    monkeypatch.setattr(notebook, "DISPLAY", "text")
+    yield shell
+    shell.run_line_magic("unload_ext", "ftkit")
+
+
+def cell(out, **kw) -> str:
+    return yaml.safe_dump(base_config(out, **kw), allow_unicode=True)
+
+
+def run_cell(ip, line: str, body: str):
+    """Run a cell; raise what it raised (run_cell itself only reports)."""
+    result = ip.run_cell(f"%%{line}\n{body}")
+    if result.error_in_exec is not None:
+        raise result.error_in_exec
+    return result.result
+
+
+def test_load_ext_is_light_and_reloads():
+    code = textwrap.dedent("""
+        import sys, time
+        from IPython.core.interactiveshell import InteractiveShell
+        ip = InteractiveShell.instance()
+        t = time.perf_counter()
+        ip.run_line_magic("load_ext", "ftkit")
+        took = time.perf_counter() - t
+        heavy = sorted(m for m in ("torch", "transformers", "ipywidgets", "matplotlib", "peft") if m in sys.modules)
+        loaded = "finetune" in ip.magics_manager.magics["cell"]
+        ip.run_line_magic("unload_ext", "ftkit")
+        unloaded = "finetune" not in ip.magics_manager.magics["cell"] and "merge" not in ip.magics_manager.magics["line"]
+        ip.run_line_magic("load_ext", "ftkit")
+        print(took, heavy, loaded, unloaded, "chat" in ip.magics_manager.magics["cell"])
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split(" ", 1)
+    took, rest = float(out[0]), out[1].strip()
+    assert rest == "[] True True True", rest  # nothing heavy imported; unload removes, reload restores
+    assert took < 0.5, f"%load_ext ftkit took {took:.2f}s"
+
+
+def test_placeholders_take_values_and_never_evaluate():
+    ns = {"lr": 2e-4, "name": "demo", "targets": ["q_proj", "v_proj"], "flag": True}
+    assert fill("learning_rate: {lr}\ndataset: {name}\nlora_target: {targets}\npacking: {flag}", ns) == \
+        'learning_rate: 0.0002\ndataset: demo\nlora_target: ["q_proj", "v_proj"]\npacking: true'
+    assert fill("x: {{lr}}", ns) == "x: {lr}"  # doubled braces are literal
+    assert fill("x: {__import__('os').getcwd()}", ns) == "x: {__import__('os').getcwd()}"  # not a name: left alone
+    with pytest.raises(UsageError, match=r"\{missing\} names no notebook variable"):
+        fill("dataset: {missing}", ns)
+
+
+@pytest.mark.slow
+def test_finetune_default_runs_in_a_child_and_binds_the_run(ip):
+    ip.user_ns["steps"] = 6
+    ip.user_ns["demo_file"] = str(DATA / "demo_zh_en.json")
+    body = cell("out/a", preview_prompts=["Who are you?"]).replace("max_steps: 8", "max_steps: {steps}")
+    body = body.replace(str(DATA / "demo_zh_en.json"), "{demo_file}")
+    with capture_output() as cap:
+        run = run_cell(ip, "finetune --name first", body)
+    assert ip.user_ns["first"] is run is ftkit.runs["first"]
+    assert type(run).__name__ == "LaunchedRun" and run.model is None  # the kernel never held the model
+    assert [s for s, _ in run.losses] == [1, 2, 3, 4, 5, 6]
+    assert (run.adapter_dir / "adapter_model.safetensors").exists()
+    samples = [e for e in run.metrics if e["kind"] == "sample"]
+    assert samples[0]["step"] == 0 and samples[-1]["step"] == 6 and samples[0]["samples"][0]["prompt"] == "Who are you?"
+    assert "step 6/6" in cap.stdout and "sample at step 0" in cap.stdout  # the text panel of a terminal shell
+
+
+def test_dry_run_checks_and_shows_the_plan_without_weights(ip, workdir):
+    with capture_output() as cap:
+        run_cell(ip, "finetune --dry-run", cell("out/dry"))
+    assert "dry run: no weights loaded" in cap.stdout and "143,360 of 3,636,736 parameters" in cap.stdout
+    assert "memory   ~" in cap.stdout and "steps    8 updates" in cap.stdout
+    assert not (workdir / "out/dry").exists()
+
+
+def test_config_errors_are_short_unless_debug(ip):
+    with pytest.raises(UsageError, match="lerning_rate.*did you mean learning_rate"):
+        run_cell(ip, "finetune", "dataset: demo\nlerning_rate: 1e-4\n")
+    with pytest.raises(UsageError, match="line 2"):
+        run_cell(ip, "finetune", "dataset: demo\n\tmax_steps: 3\n")
+    with pytest.raises(ftkit.ConfigError):
+        run_cell(ip, "finetune --debug", "dataset: demo\nlerning_rate: 1e-4\n")
+    with pytest.raises(UsageError, match="dataset: 'nope.json' is neither a file"):  # found by the child
+        run_cell(ip, "finetune", cell("out/e", dataset="nope.json"))
+
+
+@pytest.mark.slow
+def test_a_crash_in_the_child_is_a_short_error_and_the_kernel_lives(ip, workdir):
+    (workdir / "not_a_checkpoint").mkdir()
+    with pytest.raises(UsageError, match=r"the training process exited with code 1: .*not_a_checkpoint.*memory"):
+        run_cell(ip, "finetune", cell("out/c", resume_from_checkpoint="not_a_checkpoint"))
+    assert ip.run_cell("1 + 1").result == 2
+
+
+@pytest.mark.slow
+def test_a_killed_child_is_reported_with_advice(workdir):
+    run = ftkit.launch(base_config("out/k", max_steps=400), background=True)
+    while not run.losses:
+        time.sleep(0.05)
+    run.process.kill()
+    with pytest.raises(ftkit.FtkitError, match=r"killed by signal 9 \(SIGKILL: usually the system ran out of memory\)"
+                                               r".*pre-flight estimate was ~\d+ MiB"):
+        run.wait()
+    assert [e["kind"] for e in run.metrics][-1] == "error"
+
+
+def _interrupt_at_step(n):
+    def callback(e):
+        if e["kind"] == "step" and e["step"] == n:
+            raise KeyboardInterrupt  # what a kernel interrupt raises in the cell's thread
+    return callback
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("inline", [False, True], ids=["child", "inline"])
+def test_interrupt_saves_what_was_trained_and_leaves_the_kernel_usable(ip, monkeypatch, inline):
+    original = LivePanel.__call__
+    stop_at = _interrupt_at_step(3)
+    monkeypatch.setattr(LivePanel, "__call__", lambda self, e: stop_at(e) or original(self, e))
+    run = run_cell(ip, "finetune" + " --inline" * inline, cell("out/i", max_steps=200))
+    assert run.stopped and 3 <= run.losses[-1][0] < 10
+    assert (run.adapter_dir / "adapter_model.safetensors").exists()
+    assert ip.run_cell("1 + 1").result == 2
+    if inline:
+        assert run.model is not None  # --inline keeps the trained model live in the kernel
+
+
+@pytest.mark.slow
+def test_background_returns_at_once_and_stops_on_request(ip):
+    t = time.time()
+    run = run_cell(ip, "finetune --background --name bg", cell("out/bg", max_steps=400))
+    assert time.time() - t < 2 and not run.done
+    assert ip.run_cell("2 + 2").result == 4  # the kernel is free while it trains
+    while not run.losses:
+        time.sleep(0.05)
+    run.stop()
+    assert run.wait() is run and run.done and run.stopped and run.losses[-1][0] < 400
+    assert (run.adapter_dir / "adapter_model.safetensors").exists()
+    assert not (run.output_dir / ".ftkit-stop").exists()
+
+
+def test_inline_refuses_background(ip):
+    with pytest.raises(UsageError, match="--inline trains in this kernel"):
+        run_cell(ip, "finetune --inline --background", cell("out/x"))
+
+
+@pytest.mark.slow
+def test_memory_is_not_kept_across_runs():
+    """Kernel RSS after the third %%finetune within 10% of after the first, in a child and --inline."""
+    code = textwrap.dedent(f"""
+        import json, os, sys, yaml, psutil, torch
+        torch.set_num_threads(1)
+        sys.path.insert(0, {str(DATA.parent / "tests")!r})
+        from conftest import base_config
+        from IPython.core.interactiveshell import InteractiveShell
+        ip = InteractiveShell.instance()
+        ip.run_line_magic("load_ext", "ftkit")
+        import ftkit.notebook
+        ftkit.notebook.DISPLAY = "text"
+        rss = {{}}
+        for mode in ("", " --inline"):
+            rss[mode] = []
+            for i in range(3):
+                body = yaml.safe_dump(base_config("out/m", max_steps=4, overwrite_output_dir=True))
+                result = ip.run_cell("%%finetune" + mode + "\\n" + body)
+                assert result.success, result.error_in_exec
+                rss[mode].append(psutil.Process().memory_info().rss)
+        print(json.dumps(rss))
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(DATA.parent / "outputs"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    rss = json.loads(done.stdout.strip().splitlines()[-1])
+    for mode, (first, _, third) in rss.items():
+        assert third <= first * 1.10, f"%%finetune{mode}: RSS {first / 2**20:.0f} -> {third / 2**20:.0f} MiB"
+
+
+# ---- the live panel's widgets, fed a real run's events ----
+
+@pytest.fixture(scope="module")
+def events(tmp_path_factory):
+    out = tmp_path_factory.mktemp("events") / "run"
+    run = ftkit.train(base_config(out, max_steps=6, val_size=8, eval_steps=3, preview_prompts=["Who are you?"]),
+                      console=False)
+    return run.metrics
+
+
+def test_panel_draws_curve_stats_memory_and_samples(events):
+    panel = LivePanel("t", widgets=True, fps=1e9)
+    for e in events[:-1]:
+        assert panel(e) is None
+    assert bytes(panel.chart.value).startswith(b"\x89PNG")
+    assert "step 6/6" in panel.stats.value and "tok/s" in panel.stats.value and "ETA" in panel.stats.value
+    assert 0 < panel.memory.value <= panel.memory.max and panel.memory_text.value.startswith("RAM: ")
+    assert "Who are you?" in panel.sample_box.value and "step 0" in panel.sample_box.value
+    assert panel.evals and len(panel.steps) == 6
+
+
+def test_panel_ends_as_a_static_image_and_summary(events):
+    panel = LivePanel("t", widgets=True)
+    with capture_output() as cap:
+        panel.show()
+        for e in events:
+            panel(e)
+    final = cap.outputs[-1].data
+    assert final["image/png"] and "done at step 6" in final["text/plain"] and "eval loss" in final["text/plain"]
+    assert panel.box.comm is None  # the live widgets are closed
+
+
+def test_stop_button_sets_the_flag_that_ends_training(workdir):
+    panel = LivePanel("t", widgets=True)
+    clicked = []
+
+    def click_at_2(e):
+        if e["kind"] == "step" and e["step"] == 2:
+            panel.stop_button.click()
+            clicked.append(panel.stop_requested)
+
+    run = ftkit.train(base_config("out/s", max_steps=50), callbacks=[click_at_2, panel], console=False,
+                      should_stop=lambda: panel.stop_requested)
+    assert clicked == [True] and panel.stop_button.disabled
+    assert run.stopped and run.losses[-1][0] == 2
+    assert (run.adapter_dir / "adapter_model.safetensors").exists()
+
+
+# ---- form, preview, chat, merge, compare ----
+
+def test_form_round_trips_to_the_same_yaml_with_schema_tooltips():
+    form = ftkit.panel()
+    fields = RunConfig.fields()
+    assert form.widgets["learning_rate"].tooltip == fields["learning_rate"].metadata["help"]
+    assert form.widgets["lora_rank"].value == RunConfig.lora_rank  # defaults from the schema
+    w = form.widgets
+    w["dataset"].value, w["method"].value, w["lora_rank"].value = "demo", "QLoRA (4-bit)", 16
+    w["lora_target"].value, w["learning_rate"].value, w["precision"].value = "q_proj,v_proj", 2e-4, "bf16"
+    w["max_steps"].value, w["output_dir"].value = 30, "outputs/form"
+    text = form.yaml()
+    assert "%%finetune" in form.yaml_view.value and "quantization_bit: 4" in form.yaml_view.value
+    cfg = RunConfig.from_dict(yaml.safe_load(text))
+    assert (cfg.quantization_bit, cfg.lora_rank, cfg.lora_target, cfg.bf16) == (4, 16, ["q_proj", "v_proj"], True)
+    again = ftkit.panel()
+    again.set_config(cfg)
+    assert again.yaml() == text
+
+
+def test_form_buttons_validate_and_show_errors(ip, monkeypatch):
+    form = ftkit.panel(dataset="demo", max_steps=3)
+    form.validate()
+    assert "parameters" in form.message.value and "end-of-turn token trained: yes" in form.message.value
+    form.widgets["dataset"].value = "nope.json"
+    form.validate()
+    assert "nope.json" in form.message.value and "color:#b00" in form.message.value
+    form.widgets["dataset"].value = "demo"
+    cells = []
+    monkeypatch.setattr(ip, "set_next_input", lambda text, replace=False: cells.append(text))
+    form.to_cell()
+    assert cells[0].startswith("%%finetune\nmodel_name_or_path: tiny\ndataset: demo\n")
+
+
+def test_preview_marks_trained_tokens_and_counts_long_examples(ip):
+    p = ftkit.preview("demo", n=2, cutoff_len=40)
+    assert len(p.examples) == 2 and len(p.lengths) == 282 and p.over_cutoff == sum(n > 40 for n in p.lengths) > 0
+    trained = "".join(t for t, keep in p.examples[0] if keep)
+    assert trained.rstrip("\n").endswith("<|im_end|>") and "<|im_start|>" not in trained  # answers and their end, no prompt
+    assert "[[" in repr(p) and "end-of-turn trained: yes" in repr(p)
+    html = p._repr_html_()
+    assert "data:image/png;base64," in html and "background:#c8f7c5" in html
+    with capture_output():
+        shown = ip.run_line_magic("ftkit", "preview dataset=demo n=1 template=chatml")
+    assert shown.template == "chatml" and len(shown.examples) == 1
+    with pytest.raises(UsageError, match="usage: %ftkit preview"):
+        ip.run_line_magic("ftkit", "")
+
+
+@pytest.mark.slow
+def test_chat_streams_keeps_history_merge_and_compare(ip):
+    run = run_cell(ip, "finetune --inline --name tuned", cell("out/t", max_steps=20))
+    with capture_output() as cap:
+        run_cell(ip, "chat --max_new_tokens 12", "Who are you?")
+    history = ip.magics_manager.registry["FtkitMagics"].histories["tuned"]
+    assert cap.stdout.strip() == history[1]["content"] != ""
+    with capture_output():
+        run_cell(ip, "chat --run tuned --max_new_tokens 12", "什么是LoRA？")
+    assert [m["role"] for m in ip.magics_manager.registry["FtkitMagics"].histories["tuned"]] == \
+        ["user", "assistant"] * 2
+    with capture_output():
+        ip.run_line_magic("chat", "--reset")
+    assert "tuned" not in ip.magics_manager.registry["FtkitMagics"].histories
+    with capture_output() as cap:
+        merged = ip.run_line_magic("merge", "tuned --out out/t_merged")
+    assert (merged / "config.json").exists() and "merged model: out/t_merged" in cap.stdout
+    table = ftkit.compare(["Who are you?"], runs=["tiny", run], max_new_tokens=12)
+    assert table.labels == ["base (tiny)", "tuned"] and len(table.answers[0]) == 2
+    assert table.answers[0][1] == ftkit.generate(run, "Who are you?", max_new_tokens=12)
+    assert "<table>" in table._repr_html_() and "> Who are you?" in repr(table)
+    with pytest.raises(UsageError, match="cell body is your message"):
+        ip.run_line_magic("chat", "--max_new_tokens 3")
