@@ -150,7 +150,9 @@ def launch(config, callbacks=(), nproc: int = 1, background: bool = False) -> La
     (cfg.run_dir / STOP_FILE).unlink(missing_ok=True)
     child = [sys.executable, "-m", "ftkit.launch"]
     if nproc > 1:
-        child = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(nproc),
+        # --multi_gpu is accelerate's name for "one process per device through torchrun"; on a CPU it starts
+        # nproc processes that train with gloo (its --cpu would start one)
+        child = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(nproc),
                  "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "ftkit.launch"]
     env = {**os.environ, CONFIG_ENV: json.dumps(cfg.to_dict(), default=str), STOP_ENV: str(cfg.run_dir / STOP_FILE),
            "PYTHONUNBUFFERED": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "PYTHONIOENCODING": "utf-8"}

@@ -151,13 +151,17 @@ def train(config, callbacks=(), console: bool = True, should_stop=None) -> Run:
     M.match_vocab(model, tokenizer)
     model = M.make_trainable(model, cfg)
     out.mkdir(parents=True, exist_ok=True)
-    initial = _save_initial_adapter(model, cfg, out)
+    main = int(os.environ.get("RANK", "0")) == 0  # with several processes, the first one writes and prints
+    initial = _save_initial_adapter(model, cfg, out) if main else None
     run = Run(cfg, out)
-    subscribers = [run.record, JsonlLog(out / "metrics.jsonl")] + ([ConsoleProgress()] if console else [])
+    subscribers = [run.record]
+    if main:
+        subscribers += [JsonlLog(out / "metrics.jsonl")] + ([ConsoleProgress()] if console else [])
     emit = Emitter(subscribers + list(callbacks))
     trainer = _trainer(model, tokenizer, p, emit, run, packed, should_stop)
-    (out / "metrics.jsonl").unlink(missing_ok=True)
-    cfg.save(out / RUN_CONFIG)
+    if main:
+        (out / "metrics.jsonl").unlink(missing_ok=True)
+        cfg.save(out / RUN_CONFIG)
     emit("begin", **p.summary(packed), note=_notes(cfg, model))
 
     resume = cfg.resume_from_checkpoint
@@ -167,7 +171,9 @@ def train(config, callbacks=(), console: bool = True, should_stop=None) -> Run:
     except KeyboardInterrupt:
         run.stopped = True  # save what was trained below; the caller sees run.stopped
     run.stopped = run.stopped or run._stop_requested or emit.stop_requested
-    run.adapter_dir = save_trained(trainer.model, tokenizer, p.template, cfg, out, initial)
+    run.adapter_dir = out / ("adapter" if cfg.finetuning_type == "lora" else "model")
+    if main:
+        save_trained(trainer.model, tokenizer, p.template, cfg, out, initial)
     state = trainer.state
     train_loss = next((h["train_loss"] for h in reversed(state.log_history) if "train_loss" in h), None)
     emit("end", step=state.global_step, train_loss=train_loss, runtime_s=time.time() - run.metrics[0]["time"],

@@ -322,3 +322,23 @@ def test_chat_streams_keeps_history_merge_and_compare(ip):
     assert "<table>" in table._repr_html_() and "> Who are you?" in repr(table)
     with pytest.raises(UsageError, match="cell body is your message"):
         ip.run_line_magic("chat", "--max_new_tokens 3")
+
+
+@pytest.mark.slow
+def test_nproc_2_runs_ddp_through_accelerate_with_the_same_losses(ip):
+    """Two CPU processes (gloo) with 4 examples each match one process with 8, step for step."""
+    two = run_cell(ip, "finetune --nproc 2 --name two", cell("out/two", max_steps=4, per_device_train_batch_size=4))
+    one = run_cell(ip, "finetune --inline --name one", cell("out/one", max_steps=4, per_device_train_batch_size=8))
+    assert [s for s, _ in two.losses] == [1, 2, 3, 4]
+    assert [loss for _, loss in two.losses] == pytest.approx([loss for _, loss in one.losses], rel=1e-4)
+    assert len(two.metrics) == len(one.metrics)  # events relayed once, from the first process
+    assert (two.adapter_dir / "adapter_model.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_form_run_button_trains_in_the_background(ip):
+    form = ftkit.panel(dataset="demo", max_steps=3, output_dir="out/form", per_device_train_batch_size=8)
+    form.run()
+    assert "training in a child process" in form.message.value
+    run = form.run_object.wait()
+    assert run.done and run.metrics[-1]["kind"] == "end" and run.metrics[-1]["step"] == 3
