@@ -349,3 +349,35 @@ def test_chat_reloads_a_rewritten_model_folder(workdir):
     ftkit.merge(again.adapter_dir, console=False)  # same folder, new weights
     now = q_proj(load(str(merged))[0])
     assert torch.equal(now, q_proj(AutoModelForCausalLM.from_pretrained(merged))) and not torch.equal(now, old)
+
+
+@pytest.mark.parametrize("bits", [None, 4])
+def test_preview_answers_arrive_and_leave_training_unchanged(workdir, bits):
+    """The sample event: answers before the first step, every preview_steps, at the end; training (QLoRA too,
+    whose CPU kernels once broke after a no-grad pass) follows the same trajectory as without previews."""
+    plain = ftkit.train(base_config("out/plain", max_steps=6, quantization_bit=bits), console=False)
+    watched = ftkit.train(base_config("out/watched", max_steps=6, quantization_bit=bits, preview_steps=4,
+                                      preview_prompts=["Who are you?", "什么是LoRA？"]), console=False)
+    samples = [e for e in watched.metrics if e["kind"] == "sample"]
+    assert [e["step"] for e in samples] == [0, 4, 6]
+    assert [s["prompt"] for s in samples[0]["samples"]] == ["Who are you?", "什么是LoRA？"]
+    assert all(isinstance(s["answer"], str) for e in samples for s in e["samples"])
+    assert [loss for _, loss in watched.losses] == pytest.approx([loss for _, loss in plain.losses], rel=1e-5)
+    steps = [e for e in watched.metrics if e["kind"] == "step"]
+    assert all(e["tokens_per_s"] < 1e6 for e in steps)  # preview time is left out of throughput, not subtracted twice
+
+
+@pytest.mark.parametrize("signals", [1, 2])
+def test_first_interrupt_finishes_the_step_a_second_stops_at_once(workdir, signals):
+    import os
+    import signal
+
+    def interrupt(e):
+        if e["kind"] == "step" and e["step"] == 2:
+            for _ in range(signals):  # like Ctrl-C, or a notebook kernel's interrupt
+                os.kill(os.getpid(), signal.SIGINT)
+
+    run = ftkit.train(base_config(f"out/sig{signals}", max_steps=50), callbacks=[interrupt], console=False)
+    assert run.stopped and run.losses[-1][0] == 2 and run.metrics[-1]["step"] == 2
+    assert (run.adapter_dir / "adapter_model.safetensors").exists()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
