@@ -26,7 +26,7 @@ import ftkit
 %load_ext ftkit
 
 SMOKE = "CI" in os.environ        # CI runs a shorter version of every notebook
-STEPS = 60 if SMOKE else 360      # 360 steps = 10 passes over the 282 demo conversations
+STEPS = 60 if SMOKE else 720      # 720 steps of 8 = 20 passes over the 282 demo conversations
 """),
 ("markdown", """
 ## 1. Look at the data first / 先看数据

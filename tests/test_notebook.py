@@ -2,6 +2,7 @@
 
 Widgets are checked through their traits (no browser here; that is the tutorials' browser test).
 """
+import datetime
 import json
 import subprocess
 import sys
@@ -270,7 +271,7 @@ def test_form_round_trips_to_the_same_yaml_with_schema_tooltips():
     assert again.yaml() == text
 
 
-def test_form_buttons_validate_and_show_errors(ip, monkeypatch):
+def test_form_buttons_validate_and_show_errors(ip, monkeypatch, workdir):
     form = ftkit.panel(dataset="demo", max_steps=3)
     form.validate()
     assert "parameters" in form.message.value and "end-of-turn token trained: yes" in form.message.value
@@ -282,6 +283,12 @@ def test_form_buttons_validate_and_show_errors(ip, monkeypatch):
     monkeypatch.setattr(ip, "set_next_input", lambda text, replace=False: cells.append(text))
     form.to_cell()
     assert cells[0].startswith("%%finetune\nmodel_name_or_path: tiny\ndataset: demo\n")
+    mine = (DATA / "formats" / "alpaca.json").read_bytes()  # the file picker: what a browser upload hands over
+    form.upload.value = ({"name": "mine.json", "type": "application/json", "size": len(mine),
+                          "content": memoryview(mine), "last_modified": datetime.datetime.now()},)
+    assert (workdir / "data" / "mine.json").read_bytes() == mine and form.widgets["dataset"].value == "data/mine.json"
+    form.validate()
+    assert "3 examples" in form.message.value
 
 
 def test_preview_marks_trained_tokens_and_counts_long_examples(ip):

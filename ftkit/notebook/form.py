@@ -64,6 +64,9 @@ class ConfigForm:
                                     layout=layout, tooltip=f"fp32 | bf16: {tip('bf16')} | fp16: {tip('fp16')}"),
             "output_dir": box(w.Text, "output_dir", value="", placeholder=tip("output_dir")),
         }
+        self.upload = w.FileUpload(accept=".json,.jsonl,.csv,.parquet", description="upload data",
+                                   tooltip="pick a data file on your computer: it is saved in data/ and used")
+        self.upload.observe(self._uploaded, names="value")
         self.yaml_view = w.HTML()
         self.message = w.HTML()
         buttons = [w.Button(description="Validate", icon="check", tooltip="check config and data (no weights)"),
@@ -75,7 +78,8 @@ class ConfigForm:
         self.output = w.Output()
         for widget in self.widgets.values():
             widget.observe(lambda _: self._refresh(), names="value")
-        self.widget = w.VBox([w.HBox([w.VBox(list(self.widgets.values())), self.yaml_view]), w.HBox(buttons),
+        fields_box = w.VBox([*list(self.widgets.values())[:2], self.upload, *list(self.widgets.values())[2:]])
+        self.widget = w.VBox([w.HBox([fields_box, self.yaml_view]), w.HBox(buttons),
                               self.message, self.output])
         self.run_object = None
         if values:
@@ -111,6 +115,17 @@ class ConfigForm:
         self.widgets["method"].value = next(m for m, (t, q) in METHODS.items()
                                             if t == cfg.finetuning_type and q == cfg.quantization_bit)
         self.widgets["precision"].value = "bf16" if cfg.bf16 else "fp16" if cfg.fp16 else "fp32"
+
+    @_guarded
+    def _uploaded(self, change) -> None:
+        from pathlib import Path
+
+        for f in change["new"]:
+            path = Path("data") / Path(f["name"]).name
+            path.parent.mkdir(exist_ok=True)
+            path.write_bytes(bytes(f["content"]))
+            self.widgets["dataset"].value = str(path)
+            self.message.value = f"saved {html.escape(str(path))} ({len(f['content']):,} bytes); Validate checks it"
 
     def _refresh(self) -> None:
         self.yaml_view.value = (f"<pre style='margin-left:1em;padding:6px;background:#f6f6f6'>%%finetune\n"

@@ -64,12 +64,10 @@ class FtkitMagics(Magics):
 
         with people_errors(args.debug):
             cfg = RunConfig.from_any(parse_yaml(fill(cell, self.shell.user_ns), where="%%finetune cell") or {})
-            if args.dry_run:
-                from ftkit.events import preflight_text
+            from ftkit.notebook.live import dry_run_text, run_with_panel
 
-                print(cfg.to_yaml() + "\n" + preflight_text(ftkit.plan(cfg).summary()) + "\n(dry run: no weights loaded)")
-                return None
-            from ftkit.notebook.live import run_with_panel
+            if args.dry_run:
+                return print(dry_run_text(cfg))
 
             run = run_with_panel(cfg, args.name, args.inline, args.background or awaiting and foreground, args.nproc)
         self.shell.user_ns[args.name] = ftkit.runs[args.name] = run
