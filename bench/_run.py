@@ -103,7 +103,12 @@ def main() -> None:
     patch_trainer(record)
     cfg = json.load(open(config_path, encoding="utf-8"))
     record["adapter_dir"] = {"ftkit": run_ftkit, "llamafactory": run_llamafactory, "hf": run_hf}[tool](cfg)
-    json.dump(record, open(result_path, "w"))
+    with open(result_path, "w") as f:
+        json.dump(record, f)
+    if tool == "ftkit":  # end the way `ftkit train` ends (ftkit.files.exit_now); the others end as their CLIs do
+        from ftkit.files import exit_now
+
+        exit_now(0)
 
 
 if __name__ == "__main__":

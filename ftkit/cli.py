@@ -198,5 +198,12 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def entry() -> None:
+    """The `ftkit` console script: main(), then a quick exit (see files.exit_now)."""
+    from ftkit.files import exit_now
+
+    exit_now(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -353,39 +353,132 @@ class Stats:
     lengths: list[int] = field(default_factory=list)
 
 
+KEPT, CUT_TURNS, CUT_ANSWER, DROPPED = 0, 1, 2, 3  # what cutoff_len did to an example
+
+
 def encode(conversations: list[list[dict]], tokenizer, template, cutoff_len: int,
-           train_on_prompt: bool = False, stats: Stats | None = None) -> tuple[list[dict], Stats]:
+           train_on_prompt: bool = False) -> tuple[list[dict], Stats]:
     """Tokenize whole rendered texts once (batched) and label the tokens of trained spans."""
-    stats = stats or Stats()
+    return collect(encode_rows(conversations, tokenizer, template, cutoff_len, train_on_prompt))
+
+
+def encode_rows(conversations, tokenizer, template, cutoff_len: int, train_on_prompt: bool = False) -> list[dict]:
+    """One row per conversation: input_ids, labels, what the cutoff did (`cut`), whether end-of-turn is trained."""
     if not conversations:
-        return [], stats
+        return []
     rendered = [template.render(c) for c in conversations]
     enc = tokenizer([r.text for r in rendered], add_special_tokens=False, return_offsets_mapping=True)
     eot_ids = set(single_token_ids(tokenizer, template.stop))
-    examples = []
+    rows = []
     for r, ids, offsets in zip(rendered, enc["input_ids"], enc["offset_mapping"], strict=True):
         trained = [train_on_prompt or any(s < e_ and b < e for b, e_ in r.spans) for s, e in offsets]
+        cut = KEPT
         if len(ids) > cutoff_len:
             ends = [i + 1 for i in range(cutoff_len) if trained[i] and (i + 1 == len(ids) or not trained[i + 1])]
             if ends and not train_on_prompt:
-                cut, stats.truncated_turns = ends[-1], stats.truncated_turns + 1  # keep whole answers
+                end, cut = ends[-1], CUT_TURNS  # keep whole answers
             else:
-                cut, stats.truncated_answer = cutoff_len, stats.truncated_answer + 1
-            ids, trained = ids[:cut], trained[:cut]
+                end, cut = cutoff_len, CUT_ANSWER
+            ids, trained = ids[:end], trained[:end]
         labels = [t if keep else IGNORE for t, keep in zip(ids, trained, strict=True)]
-        n_trained = sum(keep for keep in trained)
-        if not n_trained:
+        if eot_ids:
+            eot = any(label in eot_ids for label in labels)
+        else:  # end-of-turn is not one token: look at the trained text
+            eot = any(stop in r.text[a:b] for stop in template.stop for a, b in r.spans)
+        if not any(trained):
+            ids, labels, cut = [], [], DROPPED
+        rows.append({"input_ids": ids, "labels": labels, "cut": cut, "eot": eot})
+    return rows
+
+
+def collect(rows: list[dict]) -> tuple[list[dict], Stats]:
+    """Training examples (dropped rows left out) and their statistics."""
+    stats, examples = Stats(), []
+    for row in rows:
+        if row["cut"] == DROPPED:
             stats.dropped += 1
             continue
+        stats.truncated_turns += row["cut"] == CUT_TURNS
+        stats.truncated_answer += row["cut"] == CUT_ANSWER
+        ids, labels = row["input_ids"], row["labels"]
         stats.examples += 1
         stats.tokens += len(ids)
-        stats.trained_tokens += n_trained
+        stats.trained_tokens += sum(label != IGNORE for label in labels)
         stats.lengths.append(len(ids))
-        stats.eot_trained = stats.eot_trained or any(l in eot_ids for l in labels)
+        stats.eot_trained = stats.eot_trained or row["eot"]
         examples.append({"input_ids": ids, "labels": labels})
-    if not stats.eot_trained and not eot_ids:  # end-of-turn is not one token: look at the trained text
-        stats.eot_trained = any(any(stop in r.text[a:b] for stop in template.stop) for r in rendered for a, b in r.spans)
     return examples, stats
+
+
+# ---- the tokenization cache ----------------------------------------------------
+# A dataset file tokenized for one tokenizer, template and cutoff is kept, keyed by a hash of all of them, so the
+# next run on the same data reads the rows back instead of parsing and tokenizing again. A changed file, tokenizer,
+# template or setting gives another key. Files are Arrow IPC (no pickle), written atomically.
+
+def cache_dir() -> Path | None:
+    """$FTKIT_CACHE_DIR (`off` disables the cache), else ~/.cache/ftkit/tokenized."""
+    import os
+
+    where = os.environ.get("FTKIT_CACHE_DIR")
+    if where == "off":
+        return None
+    return Path(where) if where else Path.home() / ".cache" / "ftkit" / "tokenized"
+
+
+def _fingerprint(path: Path, tokenizer, template, cutoff_len: int, train_on_prompt: bool, fmt: str, columns) -> str | None:
+    import hashlib
+
+    import ftkit
+
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:  # a slow (Python) tokenizer has no serialisable state to hash: no cache
+        return None
+    h = hashlib.sha256()
+    code = b"".join((Path(__file__).parent / f).read_bytes() for f in ("data.py", "templates.py"))  # how rows are made
+    for part in (ftkit.__version__, code, path.read_bytes(), backend.to_str(), template.jinja(), repr(template.stop),
+                 repr((cutoff_len, train_on_prompt, fmt, columns))):
+        h.update(part if isinstance(part, bytes) else part.encode())
+        h.update(b"\0")
+    return h.hexdigest()[:32]
+
+
+def encoded_source(src: Source, fmt: str, tokenizer, template, cutoff_len: int, train_on_prompt: bool) -> list[dict]:
+    """The rows of one dataset file, from the cache when this exact tokenization was done before."""
+    root = cache_dir()
+    key = root and _fingerprint(src.path, tokenizer, template, cutoff_len, train_on_prompt, fmt, src.columns)
+    if key and (root / f"{key}.arrow").exists():
+        try:
+            return _read_rows(root / f"{key}.arrow")
+        except Exception:  # noqa: BLE001 - an unreadable cache entry is only a miss
+            pass
+    rows = encode_rows(load_conversations(src.path, fmt, src.columns), tokenizer, template, cutoff_len,
+                       train_on_prompt)
+    if key:
+        try:
+            _write_rows(rows, root / f"{key}.arrow")
+        except OSError:  # a read-only home or a full disk costs the cache, not the run
+            pass
+    return rows
+
+
+def _write_rows(rows: list[dict], path: Path) -> None:
+    import os
+
+    import pyarrow as pa
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table = pa.table({k: [r[k] for r in rows] for k in ("input_ids", "labels", "cut", "eot")})
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    with pa.OSFile(str(tmp), "wb") as f, pa.ipc.new_file(f, table.schema) as w:
+        w.write_table(table)
+    os.replace(tmp, path)
+
+
+def _read_rows(path: Path) -> list[dict]:
+    import pyarrow as pa
+
+    with pa.memory_map(str(path)) as f:
+        return pa.ipc.open_file(f).read_all().to_pylist()
 
 
 @dataclass
@@ -399,20 +492,18 @@ class Prepared:
 def prepare(cfg, tokenizer, template) -> Prepared:
     """Load every dataset of a run config, split, tokenize; refuses unusable data."""
     sources = [resolve_dataset(n, cfg.dataset_dir) for n in cfg.datasets]
-    convs = []
+    rows = []  # one per conversation, in file order: tokenized once per file and cached
     for src in sources:
         fmt = cfg.formatting if cfg.formatting != "auto" else src.formatting
-        part = load_conversations(src.path, fmt, src.columns)
-        convs += part[: cfg.max_samples] if cfg.max_samples else part
-    rng = random.Random(cfg.seed)
-    rng.shuffle(convs)
-    n_eval = int(cfg.val_size) if cfg.val_size >= 1 else round(len(convs) * cfg.val_size)
-    if n_eval >= len(convs):
-        raise DataError(f"val_size: {cfg.val_size} leaves no training examples out of {len(convs)}")
-    eval_convs, train_convs = convs[:n_eval], convs[n_eval:]
-    train, stats = encode(train_convs, tokenizer, template, cfg.cutoff_len, cfg.train_on_prompt)
-    evals, _ = encode(eval_convs, tokenizer, template, cfg.cutoff_len, cfg.train_on_prompt)
+        part = encoded_source(src, fmt, tokenizer, template, cfg.cutoff_len, cfg.train_on_prompt)
+        rows += part[: cfg.max_samples] if cfg.max_samples else part
+    random.Random(cfg.seed).shuffle(rows)
+    n_eval = int(cfg.val_size) if cfg.val_size >= 1 else round(len(rows) * cfg.val_size)
+    if n_eval >= len(rows):
+        raise DataError(f"val_size: {cfg.val_size} leaves no training examples out of {len(rows)}")
+    train, stats = collect(rows[n_eval:])
+    evals, _ = collect(rows[:n_eval])
     if not train:
         raise DataError(f"cutoff_len: {cfg.cutoff_len} tokens leaves no trained token in any of "
-                        f"{len(train_convs)} examples (every prompt is longer); raise cutoff_len")
+                        f"{len(rows) - n_eval} examples (every prompt is longer); raise cutoff_len")
     return Prepared(train, evals, stats, sources)

@@ -195,4 +195,6 @@ def _child() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(_child())
+    from ftkit.files import exit_now
+
+    exit_now(_child())

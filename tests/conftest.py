@@ -4,6 +4,9 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+import tempfile  # noqa: E402
+
+os.environ.setdefault("FTKIT_CACHE_DIR", tempfile.mkdtemp(prefix="ftkit-test-cache-"))  # tokenized data, per session
 
 from pathlib import Path  # noqa: E402
 

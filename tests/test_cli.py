@@ -102,3 +102,21 @@ def test_console_script_is_installed():
 
     assert shutil.which("ftkit"), "pip install -e . puts `ftkit` on PATH"
     assert (REPO / "ftkit" / "assets" / "tiny" / "model.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_quick_exit_loses_nothing_a_run_writes(workdir):
+    """`ftkit train` ends without tearing down every module (files.exit_now): the logs, TensorBoard events and
+    output a run writes are all complete, the exit code is kept."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    p = ftkit("train", "--dataset", DATA / "demo_zh_en.json", "--max_steps", "5", "--logging_steps", "1",
+              "--report_to", "tensorboard", "--output_dir", "out/q", "--threads", "1", cwd=workdir)
+    assert p.stdout.rstrip().endswith("saved out/q/adapter")
+    (events,) = list((workdir / "out/q/runs").rglob("events.out.tfevents.*"))
+    acc = EventAccumulator(str(events.parent))
+    acc.Reload()
+    assert len(acc.Scalars("train/loss")) == 5
+    assert [json.loads(line)["kind"] for line in (workdir / "out/q/metrics.jsonl").read_text().splitlines()][-1] == "end"
+    assert ftkit("train", "--dataset", "missing.json", cwd=workdir, check=False).returncode == 2

@@ -208,3 +208,41 @@ def test_prepare_splits_samples_and_mixes_datasets(tiny_tokenizer):
     assert [s.name for s in p.sources] == ["demo", "seed_examples"]
     cfg2 = RunConfig.from_dict({"dataset": "demo", "dataset_dir": str(DATA), "val_size": 25})
     assert len(prepare(cfg2, tiny_tokenizer, t).eval) == 25
+
+
+def test_tokenized_data_is_cached_and_a_changed_file_is_tokenized_again(tiny_tokenizer, tmp_path, monkeypatch):
+    import ftkit.data as D
+
+    monkeypatch.setenv("FTKIT_CACHE_DIR", str(tmp_path / "cache"))
+    data = tmp_path / "mine.json"
+    data.write_text((DATA / "demo_zh_en.json").read_text("utf-8"), "utf-8")
+    t = get_template("auto", tiny_tokenizer)
+    cfg = RunConfig.from_dict({"dataset": str(data), "val_size": 10, "seed": 3})
+    first = prepare(cfg, tiny_tokenizer, t)
+    (entry,) = (tmp_path / "cache").glob("*.arrow")
+    assert entry.read_bytes()[:6] == b"ARROW1"  # Arrow IPC, nothing pickled
+
+    def no_tokenizing(*a, **kw):
+        raise AssertionError("tokenized again")
+
+    monkeypatch.setattr(D, "encode_rows", no_tokenizing)
+    monkeypatch.setattr(D, "load_conversations", no_tokenizing)
+    again = prepare(cfg, tiny_tokenizer, t)  # from the cache: the same split, examples and statistics
+    assert (again.train, again.eval, again.stats) == (first.train, first.eval, first.stats)
+    monkeypatch.undo()
+    monkeypatch.setenv("FTKIT_CACHE_DIR", str(tmp_path / "cache"))
+
+    records = json.loads(data.read_text("utf-8"))
+    records[0]["conversation"][-1]["content"] = "A changed answer."
+    data.write_text(json.dumps(records, ensure_ascii=False), "utf-8")
+    changed = prepare(cfg, tiny_tokenizer, t)
+    assert len(list((tmp_path / "cache").glob("*.arrow"))) == 2
+    text = [tiny_tokenizer.decode(ex["input_ids"]) for ex in changed.train + changed.eval]
+    assert sum("A changed answer." in x for x in text) == 1
+    assert prepare(cfg.__class__.from_dict({**cfg.to_dict(), "cutoff_len": 20}), tiny_tokenizer, t).stats != \
+        changed.stats  # another setting, another entry
+    assert len(list((tmp_path / "cache").glob("*.arrow"))) == 3
+
+    monkeypatch.setenv("FTKIT_CACHE_DIR", "off")
+    assert prepare(cfg, tiny_tokenizer, t).train == changed.train
+    assert len(list((tmp_path / "cache").glob("*.arrow"))) == 3

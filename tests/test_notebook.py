@@ -349,3 +349,16 @@ def test_form_run_button_trains_in_the_background(ip):
     assert "training in a child process" in form.message.value
     run = form.run_object.wait()
     assert run.done and run.metrics[-1]["kind"] == "end" and run.metrics[-1]["step"] == 3
+
+
+def test_memory_gauge_reads_gpu_figures_when_the_run_reports_them(events):
+    """On CUDA, step events carry allocated and reserved memory against the GPU's total (CI has no GPU:
+    the event is a CPU run's with the fields a CUDA run adds)."""
+    step = {**next(e for e in events if e["kind"] == "step"),
+            "memory_mb": 6144.0, "memory_allocated_mb": 5120.0, "memory_total_mb": 81559.0}
+    panel = LivePanel("t", widgets=True, fps=1e9)
+    panel(step)
+    assert panel.memory_text.value == "GPU: 5.0 GiB allocated, 6.0 GiB reserved of 79.6 GiB"
+    assert (panel.memory.value, panel.memory.max, panel.memory.bar_style) == (6144.0, 81559.0, "info")
+    panel({**step, "memory_mb": 80000.0})
+    assert panel.memory.bar_style == "danger"  # over 90% of the device
