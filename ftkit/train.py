@@ -148,6 +148,8 @@ def train(config, callbacks=(), console: bool = True, should_stop=None) -> Run:
     if cfg.packing and not packed:
         raise ConfigError(f"packing: {M.model_type(p.model_path)} models ignore position_ids when building their "
                           "attention mask, so packed examples would attend to each other; set packing: false")
+    if packed:
+        M.use_packed_attention(model, cfg.cutoff_len)
     M.match_vocab(model, tokenizer)
     model = M.make_trainable(model, cfg)
     out.mkdir(parents=True, exist_ok=True)
