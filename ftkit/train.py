@@ -148,7 +148,7 @@ def train(config, callbacks=(), console: bool = True, should_stop=None) -> Run:
     if cfg.packing and not packed:
         raise ConfigError(f"packing: {M.model_type(p.model_path)} models ignore position_ids when building their "
                           "attention mask, so packed examples would attend to each other; set packing: false")
-    if packed:
+    if packed and cfg.flash_attn == "auto":  # an explicit sdpa or eager is taken literally
         M.use_packed_attention(model, cfg.cutoff_len)
     M.match_vocab(model, tokenizer)
     model = M.make_trainable(model, cfg)
