@@ -20,7 +20,7 @@ from typing import Any
 from transformers import Trainer, TrainerCallback  # ftkit.train is the engine: importing it loads transformers
 
 from ftkit.config import ADAPTER_CONFIG, RUN_CONFIG, RunConfig
-from ftkit.errors import ConfigError, DataError
+from ftkit.errors import ConfigError, DataError, RunError
 from ftkit.events import ConsoleProgress, Emitter, JsonlLog
 from ftkit.files import partial_dir, replace_dir
 
@@ -500,15 +500,27 @@ def _save_initial_adapter(model, cfg: RunConfig, out: Path) -> Path | None:
 
 def save_trained(model, tokenizer, template, cfg: RunConfig, out: Path, initial: Path | None = None) -> Path:
     """Adapter (LoRA) or model (full/freeze) + tokenizer + run config, written atomically."""
+    import errno
+    import shutil
+
     final = out / ("adapter" if cfg.finetuning_type == "lora" else "model")
     tmp = partial_dir(final)
-    if initial:  # rank 2r adapter for the original base
-        model.save_pretrained(tmp, safe_serialization=True, path_initial_model_for_weight_conversion=str(initial))
-    else:
-        model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.chat_template = template.jinja()
-    tokenizer.save_pretrained(tmp)
-    cfg.save(tmp / ADAPTER_CONFIG)
+    try:
+        if initial:  # rank 2r adapter for the original base
+            model.save_pretrained(tmp, safe_serialization=True, path_initial_model_for_weight_conversion=str(initial))
+        else:
+            model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.chat_template = template.jinja()
+        tokenizer.save_pretrained(tmp)
+        cfg.save(tmp / ADAPTER_CONFIG)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)  # never leave half a folder; a previous adapter stays as it was
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
+            raise
+        kept = sorted(out.glob("checkpoint-*"), key=lambda c: int(c.name.split("-")[-1]))
+        where = f"the last checkpoint ({kept[-1]}) is intact" if kept else "no checkpoint was kept (set save_steps)"
+        raise RunError(f"{final}: could not save ({e.strerror.lower()}); {where}; free space or choose another "
+                       "output_dir, then resume with resume_from_checkpoint: true") from None
     replace_dir(tmp, final)
     return final
 
