@@ -30,13 +30,23 @@ def cmd_train(argv: list[str]) -> int:
     from ftkit.config import RunConfig, help_text, parse_overrides
 
     if "-h" in argv or "--help" in argv:
-        print("usage: ftkit train [CONFIG.yaml] [key=value | --key value ...] [--dry-run]\n\n"
+        print("usage: ftkit train [CONFIG.yaml] [key=value | --key value ...] [--dry-run] [--nproc N]\n\n"
               "Fine-tune as the config says; flags and key=value override its keys. --dry-run checks the config\n"
-              "and data and prints the plan (parameters, steps, memory estimate) without loading weights.\n\n"
+              "and data and prints the plan (parameters, steps, memory estimate) without loading weights.\n"
+              "--nproc N trains in N processes (one per GPU, or N CPU processes with gloo) through accelerate\n"
+              "launch; per_device_train_batch_size is per process.\n\n"
               "keys:\n" + help_text())
         return 0
     dry_run = "--dry-run" in argv
     argv = [a for a in argv if a != "--dry-run"]
+    nproc = 1
+    if "--nproc" in argv:
+        i = argv.index("--nproc")
+        try:
+            nproc = int(argv[i + 1])
+        except (IndexError, ValueError):
+            raise ConfigError("--nproc: expected a number of processes, e.g. --nproc 2") from None
+        argv = argv[:i] + argv[i + 2:]
     source, rest = ({}, argv)
     if argv and not argv[0].startswith("--") and "=" not in argv[0]:
         source, rest = Path(argv[0]), argv[1:]
@@ -49,7 +59,12 @@ def cmd_train(argv: list[str]) -> int:
         print(cfg.to_yaml() + "\n" + preflight_text(ftkit.plan(cfg).summary()) + "\n(dry run: no weights loaded)")
         return 0
 
-    run = ftkit.train(cfg)
+    if nproc > 1:
+        from ftkit.events import ConsoleProgress
+
+        run = ftkit.launch(cfg, callbacks=[ConsoleProgress()], nproc=nproc)
+    else:
+        run = ftkit.train(cfg)
     if run.stopped:
         print(f"stopped early; what was trained is saved in {run.adapter_dir}", file=sys.stderr)
         return 130

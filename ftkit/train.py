@@ -394,8 +394,8 @@ class EventBridge(TrainerCallback):
         self.tokens_last, self.eval_s = state.num_input_tokens_seen, 0.0
 
     def on_step_end(self, args, state, control, model=None, **kw):
-        if self._stop_wanted(args):
-            control.should_training_stop = self.run._stop_requested = True
+        if self._stop_wanted(args):  # save a checkpoint here: resume_from_checkpoint continues exactly
+            control.should_training_stop = control.should_save = self.run._stop_requested = True
         if model is not None and self.previewer and state.global_step % self.previewer.every == 0:
             self._sample(state, model)
 
@@ -441,8 +441,9 @@ class EventBridge(TrainerCallback):
             self.eval_s += logs.get("eval_runtime", 0.0)
             self.emit("eval", step=state.global_step, eval_loss=logs["eval_loss"])
         if args.world_size == 1 and (self.run._stop_requested or self.emit.stop_requested):
-            control.should_training_stop = True  # a subscriber asked to stop at this step (with several
+            control.should_training_stop = control.should_save = True  # a subscriber asked to stop (with several
             # processes, the next step's agreement in _stop_wanted stops them all together)
+
     def on_save(self, args, state, control, **kw):
         self.emit("save", step=state.global_step, path=os.path.join(args.output_dir, f"checkpoint-{state.global_step}"))
 

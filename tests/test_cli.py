@@ -120,3 +120,46 @@ def test_quick_exit_loses_nothing_a_run_writes(workdir):
     assert len(acc.Scalars("train/loss")) == 5
     assert [json.loads(line)["kind"] for line in (workdir / "out/q/metrics.jsonl").read_text().splitlines()][-1] == "end"
     assert ftkit("train", "--dataset", "missing.json", cwd=workdir, check=False).returncode == 2
+
+
+@pytest.mark.slow
+def test_ctrl_c_saves_says_where_and_resume_continues(workdir):
+    import signal
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    args = [sys.executable, "-m", "ftkit", "train", "--dataset", DATA / "demo_zh_en.json", "--max_steps", "400",
+            "--logging_steps", "1", "--per_device_train_batch_size", "8", "--output_dir", "out/c", "--threads", "1"]
+    proc = subprocess.Popen(list(map(str, args)), cwd=workdir, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if line.startswith("step   3/"):
+            proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
+            break
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "stopping after this step and saving" in err and "what was trained is saved in out/c/adapter" in err
+    assert "Traceback" not in err and "stopped early at step" in out
+    step = int(out.split("stopped early at step ")[1].split(":")[0])
+    assert (workdir / f"out/c/checkpoint-{step}").is_dir() and (workdir / "out/c/adapter").is_dir()
+    p = ftkit("train", "out/c/run.yaml", "resume_from_checkpoint=true", "max_steps=" + str(step + 2), cwd=workdir)
+    assert f"step {step + 1}/{step + 2}" in p.stdout and f"done at step {step + 2}" in p.stdout
+
+
+@pytest.mark.slow
+def test_nproc_2_from_the_command_line_and_through_accelerate_launch(workdir):
+    """DDP over 2 CPU processes (gloo), 4 examples each: the losses of 1 process with 8."""
+    common = ["--dataset", DATA / "demo_zh_en.json", "--max_steps", "3", "--logging_steps", "1", "--threads", "1"]
+    one = ftkit("train", *common, "--per_device_train_batch_size", "8", "--output_dir", "out/one", cwd=workdir)
+    two = ftkit("train", *common, "--per_device_train_batch_size", "4", "--output_dir", "out/two", "--nproc", "2",
+                cwd=workdir)
+    losses = lambda text: [float(line.split("loss ")[1].split()[0]) for line in text.splitlines()  # noqa: E731
+                           if line.startswith("step ")]
+    assert len(losses(two.stdout)) == 3 and losses(two.stdout) == pytest.approx(losses(one.stdout), rel=1e-4)
+    assert "4 x 1 accumulation x 2 processes" in two.stdout
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    accel = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "ftkit",
+                            "train", *map(str, common), "--per_device_train_batch_size", "4", "--output_dir",
+                            "out/accel"], cwd=workdir, env=env, capture_output=True, text=True, timeout=600)
+    assert accel.returncode == 0, accel.stderr[-2000:]
+    assert losses(accel.stdout) == pytest.approx(losses(one.stdout), rel=1e-4)

@@ -381,3 +381,19 @@ def test_first_interrupt_finishes_the_step_a_second_stops_at_once(workdir, signa
     assert run.stopped and run.losses[-1][0] == 2 and run.metrics[-1]["step"] == 2
     assert (run.adapter_dir / "adapter_model.safetensors").exists()
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
+
+
+@pytest.mark.slow
+def test_a_stopped_run_resumes_where_it_stopped(workdir):
+    """Stop at step 4 (Stop button, Ctrl-C), then resume_from_checkpoint: true: steps 5-8 have the losses and
+    learning rates of the run that was never stopped (same data order, same schedule)."""
+    whole = ftkit.train(base_config("out/whole", max_steps=8), console=False)
+    stop_at_4 = lambda e: "stop" if e["kind"] == "step" and e["step"] == 4 else None  # noqa: E731
+    stopped = ftkit.train(base_config("out/part", max_steps=8), callbacks=[stop_at_4], console=False)
+    assert stopped.stopped and (workdir / "out/part/checkpoint-4").is_dir()
+    resumed = ftkit.train(base_config("out/part", max_steps=8, resume_from_checkpoint=True), console=False)
+    steps = [e for e in resumed.metrics if e["kind"] == "step"]
+    assert [e["step"] for e in steps] == [5, 6, 7, 8]
+    reference = {e["step"]: e for e in whole.metrics if e["kind"] == "step"}
+    assert [e["loss"] for e in steps] == pytest.approx([reference[s]["loss"] for s in (5, 6, 7, 8)], rel=1e-5)
+    assert [e["lr"] for e in steps] == pytest.approx([reference[s]["lr"] for s in (5, 6, 7, 8)], rel=1e-6)
