@@ -41,6 +41,8 @@ class RunConfig:
     model_name_or_path: str = _f("tiny", "Local folder or Hugging Face name of a causal LM; `tiny` is the embedded default.")
     tokenizer_name_or_path: str | None = _f(None, "Where the tokenizer lives, if not beside the model (a mismatch garbles output).")
     trust_remote_code: bool = _f(False, "Allow code shipped with the model to run. Off unless you trust its source.")
+    allow_pickle: bool = _f(False, "Load weights from pickled .bin/.pt files (unpickling can run code hidden in the "
+                                   "file). Off: safetensors only.")
     template: str = _f("auto", "Chat template: `auto` (the tokenizer's own) or a built-in name (see `ftkit models`).")
     flash_attn: str = _f("auto", "Attention kernel: auto | fa2 | sdpa | eager. fa2 needs CUDA and flash-attn installed.")
     # data

@@ -46,7 +46,7 @@ def export_onnx(model_dir: str | Path, out: str | Path, tolerance: float = 1e-4,
         raise ModelError(f"{model_dir}: this is a LoRA adapter; merge it first (ftkit merge --adapter {model_dir}) "
                          "and export the merged folder")
     src = Path(M.resolve(str(model_dir)))
-    net = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).eval()
+    net = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32, **M.safe_weights(str(src))).eval()
     net.config.use_cache = False
     tokenizer = M.load_tokenizer(str(src))
     out = Path(out)

@@ -71,8 +71,12 @@ def load(model: str, adapter: str | None = None, template: str | None = None):
 
     dev = M.device()
     dtype = torch.bfloat16 if dev == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+    from ftkit.merge import run_config_of
+
+    run_cfg = next((c for c in (run_config_of(Path(f)) for f in (adapter, path) if f) if c), None)
     try:
-        net = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        net = AutoModelForCausalLM.from_pretrained(path, dtype=dtype,
+                                                   **M.safe_weights(path, bool(run_cfg and run_cfg.allow_pickle)))
     except (OSError, ValueError) as e:
         raise ModelError(f"{model}: cannot load the model ({M._first_line(e)})") from None
     if adapter:

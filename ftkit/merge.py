@@ -61,7 +61,8 @@ def merge(adapter_dir: str | Path, out: str | Path | None = None, tolerance: flo
     from transformers import AutoModelForCausalLM
 
     base = AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype,
-                                                trust_remote_code=bool(cfg and cfg.trust_remote_code))
+                                                trust_remote_code=bool(cfg and cfg.trust_remote_code),
+                                                **M.safe_weights(base_path, bool(cfg and cfg.allow_pickle)))
     M.match_vocab(base, tokenizer)  # the run may have added tokens
     dev = M.device()
     model = PeftModel.from_pretrained(base, str(adapter)).to(dev).eval()

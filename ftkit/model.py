@@ -107,7 +107,8 @@ def load_model(cfg, model_path: str):
     # frozen base weights (LoRA) live in the half precision asked for; weights that train stay fp32 masters under
     # autocast, which fp16's gradient scaler needs (it refuses to unscale fp16 gradients)
     load_dtype = dtype if cfg.finetuning_type == "lora" else torch.float32
-    kwargs = dict(dtype=load_dtype, attn_implementation=attn, trust_remote_code=cfg.trust_remote_code)
+    kwargs = dict(dtype=load_dtype, attn_implementation=attn, trust_remote_code=cfg.trust_remote_code,
+                  **safe_weights(model_path, cfg.allow_pickle))
     if cfg.quantization_bit == 4:
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type=cfg.quantization_type,
@@ -339,7 +340,10 @@ def skeleton(cfg, model_path: str, tokenizer):
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    config = AutoConfig.from_pretrained(model_path, trust_remote_code=cfg.trust_remote_code)
+    try:
+        config = AutoConfig.from_pretrained(model_path, trust_remote_code=cfg.trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise _load_error(model_path, e) from None
     with torch.device("meta"):
         try:
             model = AutoModelForCausalLM.from_config(config, trust_remote_code=cfg.trust_remote_code)
@@ -351,7 +355,35 @@ def skeleton(cfg, model_path: str, tokenizer):
         return make_trainable(model, plain)
 
 
+def shipped_code(model_path: str) -> str | None:
+    """The code a local model folder asks to run (config.json's auto_map), if any."""
+    import json
+
+    f = Path(str(model_path)) / "config.json"
+    try:
+        auto_map = json.loads(f.read_text(encoding="utf-8")).get("auto_map") if f.exists() else None
+    except (OSError, ValueError):
+        return None
+    return ", ".join(sorted(set(auto_map.values()) if isinstance(auto_map, dict) else [])) or None
+
+
+def safe_weights(model_path: str, allow_pickle: bool = False) -> dict:
+    """from_pretrained keywords that load safetensors only, unless pickled weights are allowed; a local folder
+    holding only pickled weights is refused with what to do."""
+    if allow_pickle:
+        return {}
+    folder = Path(str(model_path))
+    if folder.is_dir() and not any(folder.glob("*.safetensors")) and \
+            any(folder.glob(p) for p in ("*.bin", "*.pt", "*.pth", "*.ckpt")):
+        raise ModelError(f"{model_path}: its weights are pickled (.bin/.pt), and unpickling can run code hidden in "
+                         "the file; convert them to safetensors, or set allow_pickle: true if you trust the source")
+    return {"use_safetensors": True}
+
+
 def _load_error(model_path: str, e: Exception) -> ModelError:
+    if "trust_remote_code" in str(e):
+        return ModelError(f"{model_path}: the model ships its own code, which ftkit does not run unless told; "
+                          "read it, then set trust_remote_code: true if you trust its source")
     if "Unrecognized configuration class" in str(e):
         return ModelError(f"{model_path}: model type {model_type(model_path)!r} is not a causal (decoder-only) "
                           "language model that transformers' AutoModelForCausalLM can load; ftkit fine-tunes those "

@@ -201,6 +201,10 @@ def check_run(cfg: RunConfig) -> None:
         except FtkitError as e:
             problems += e.problems
     problems += filter(None, [check_template_name(cfg.template)])
+    code = None if cfg.trust_remote_code else M.shipped_code(cfg.model_name_or_path)
+    if code:
+        problems.append(f"model_name_or_path: {cfg.model_name_or_path} ships its own code ({code}), which ftkit "
+                        "does not run unless told; read it, then set trust_remote_code: true if you trust its source")
     if cfg.fp16 and M.device() == "cpu":
         problems.append("fp16: needs a CUDA GPU and none is present; remove it to train in fp32 on this CPU")
     out = cfg.run_dir
