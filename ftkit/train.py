@@ -162,6 +162,9 @@ def train(config, callbacks=(), console: bool = True, should_stop=None) -> Run:
     emit = Emitter(subscribers + list(callbacks))
     trainer = _trainer(model, tokenizer, p, emit, run, packed, should_stop)
     if main:
+        import shutil
+
+        shutil.rmtree(out / ".staging", ignore_errors=True)  # a checkpoint a killed process left half-written
         (out / "metrics.jsonl").unlink(missing_ok=True)
         cfg.save(out / RUN_CONFIG)
     emit("begin", **p.summary(packed), note=_notes(cfg, model))

@@ -397,3 +397,45 @@ def test_a_stopped_run_resumes_where_it_stopped(workdir):
     reference = {e["step"]: e for e in whole.metrics if e["kind"] == "step"}
     assert [e["loss"] for e in steps] == pytest.approx([reference[s]["loss"] for s in (5, 6, 7, 8)], rel=1e-5)
     assert [e["lr"] for e in steps] == pytest.approx([reference[s]["lr"] for s in (5, 6, 7, 8)], rel=1e-6)
+
+
+@pytest.mark.slow
+def test_killed_mid_save_leaves_the_last_good_checkpoint(workdir):
+    """SIGKILL while checkpoint-4 is being written: no checkpoint-4 appears, checkpoint-2 loads, resume continues
+    from it and clears the half-written one."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    code = f"""
+import sys, time
+sys.path.insert(0, {str(REPO / "tests")!r})
+import safetensors.torch as st
+save = st.save_file
+def slow(tensors, filename, *a, **kw):  # bound before peft imports it
+    save(tensors, filename, *a, **kw)
+    if "checkpoint-4" in str(filename):
+        print("SAVING", flush=True)
+        time.sleep(120)
+st.save_file = slow
+from conftest import base_config
+import ftkit
+ftkit.train(base_config("out/k", max_steps=6, save_steps=2), console=False)
+"""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=workdir, env=env, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "SAVING"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    out = workdir / "out/k"
+    assert not (out / "checkpoint-4").exists() and (out / ".staging/checkpoint-4").is_dir()
+    from safetensors import safe_open
+
+    with safe_open(out / "checkpoint-2/adapter_model.safetensors", "pt") as f:
+        assert len(list(f.keys())) > 0
+    resumed = ftkit.train(base_config("out/k", max_steps=6, save_steps=2, resume_from_checkpoint=True), console=False)
+    assert [e["step"] for e in resumed.metrics if e["kind"] == "step"][0] == 3
+    assert not (out / ".staging").exists() and (out / "checkpoint-6").is_dir()
