@@ -204,6 +204,7 @@ def check_run(cfg: RunConfig) -> None:
         except FtkitError as e:
             problems += e.problems
     problems += filter(None, [check_template_name(cfg.template)])
+    problems += _deepspeed_problems(cfg.extra.get("deepspeed"))
     code = None if cfg.trust_remote_code else M.shipped_code(cfg.model_name_or_path)
     if code:
         problems.append(f"model_name_or_path: {cfg.model_name_or_path} ships its own code ({code}), which ftkit "
@@ -221,6 +222,33 @@ def check_run(cfg: RunConfig) -> None:
                         "overwrite_output_dir: true to replace it, or resume_from_checkpoint: true to continue it")
     if problems:
         raise ConfigError(problems, title="cannot start this run")
+
+
+def _deepspeed_problems(ds) -> list[str]:
+    """`deepspeed: path/to/ds.json` (or an inline dict) is handed to the Trainer; check what can be checked here."""
+    import importlib.util
+    import json
+
+    if ds is None:
+        return []
+    problems = []
+    if isinstance(ds, str):
+        path = Path(ds)
+        if not path.is_file():
+            return [f"deepspeed: {ds} is not a file; name a DeepSpeed JSON config (examples/deepspeed/ has ZeRO-2/3)"]
+        try:
+            ds = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            return [f"deepspeed: {path}: line {e.lineno}: invalid JSON ({e.msg})"]
+    if not isinstance(ds, dict):
+        return [f"deepspeed: expected a JSON file or a mapping, got {type(ds).__name__}"]
+    stage = (ds.get("zero_optimization") or {}).get("stage", 0)
+    if stage not in (0, 1, 2, 3):
+        problems.append(f"deepspeed: zero_optimization.stage {stage!r} is not 0, 1, 2 or 3")
+    if importlib.util.find_spec("deepspeed") is None:
+        problems.append("deepspeed: the deepspeed package is not installed; pip install deepspeed on a CUDA "
+                        "machine and start with ftkit train CONFIG --nproc N (or accelerate launch)")
+    return problems
 
 
 def _notes(cfg: RunConfig, model) -> str | None:

@@ -2,6 +2,7 @@
 
     python scripts/make_examples.py     # tests check the files are up to date
 """
+import json
 from pathlib import Path
 
 import yaml
@@ -38,6 +39,48 @@ EXAMPLES = {
          "val_size": 0.1, "report_to": "tensorboard", "output_dir": "outputs/llama3-8b-lora"}),
 }
 
+# several GPUs: `ftkit train CONFIG --nproc N` (accelerate launch); DeepSpeed ZeRO and FSDP through the Trainer
+GPU_LORA = {"model_name_or_path": "meta-llama/Meta-Llama-3-8B-Instruct", "template": "llama3", "dataset": "demo",
+            "cutoff_len": 1024, "finetuning_type": "lora", "lora_target": "all", "lora_rank": 8,
+            "learning_rate": 1.0e-4, "per_device_train_batch_size": 2, "gradient_accumulation_steps": 8,
+            "num_train_epochs": 3.0, "bf16": True, "gradient_checkpointing": True, "logging_steps": 10}
+EXAMPLES.update({
+    "llama3_lora_sft_ds3.yaml": (
+        "Several GPUs with DeepSpeed ZeRO-3 (weights, gradients and optimizer state sharded across GPUs):\n"
+        "ftkit train examples/llama3_lora_sft_ds3.yaml --nproc 8   (needs CUDA and pip install deepspeed)",
+        {**GPU_LORA, "deepspeed": "examples/deepspeed/ds_z3_config.json", "output_dir": "outputs/llama3-8b-ds3"}),
+    "llama3_full_sft_fsdp.yaml": (
+        "Full fine-tuning on several GPUs with PyTorch FSDP (each decoder layer a shard):\n"
+        "ftkit train examples/llama3_full_sft_fsdp.yaml --nproc 8   (needs CUDA)",
+        {**{k: v for k, v in GPU_LORA.items() if not k.startswith("lora_")}, "finetuning_type": "full",
+         "learning_rate": 1.0e-5, "fsdp": True,
+         "fsdp_config": {"transformer_layer_cls_to_wrap": ["LlamaDecoderLayer"], "reshard_after_forward": True},
+         "output_dir": "outputs/llama3-8b-fsdp"}),
+})
+
+_ZERO = {"train_batch_size": "auto", "train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto",
+         "gradient_clipping": "auto", "zero_allow_untested_optimizer": True, "bf16": {"enabled": "auto"},
+         "fp16": {"enabled": "auto", "loss_scale": 0, "loss_scale_window": 1000, "initial_scale_power": 16,
+                  "hysteresis": 2, "min_loss_scale": 1}}
+DEEPSPEED = {  # "auto" values are filled in by the Trainer from the run config
+    "ds_z2_config.json": {**_ZERO, "zero_optimization": {"stage": 2, "allgather_partitions": True,
+                                                         "allgather_bucket_size": 5e8, "overlap_comm": False,
+                                                         "reduce_scatter": True, "reduce_bucket_size": 5e8,
+                                                         "contiguous_gradients": True, "round_robin_gradients": True}},
+    "ds_z3_config.json": {**_ZERO, "zero_optimization": {"stage": 3, "overlap_comm": False, "contiguous_gradients": True,
+                                                         "sub_group_size": 1e9, "reduce_bucket_size": "auto",
+                                                         "stage3_prefetch_bucket_size": "auto",
+                                                         "stage3_param_persistence_threshold": "auto",
+                                                         "stage3_max_live_parameters": 1e9,
+                                                         "stage3_max_reuse_distance": 1e9,
+                                                         "stage3_gather_16bit_weights_on_model_save": True}},
+}
+DEEPSPEED["ds_z3_offload_config.json"] = {
+    **DEEPSPEED["ds_z3_config.json"],
+    "zero_optimization": {**DEEPSPEED["ds_z3_config.json"]["zero_optimization"],
+                          "offload_optimizer": {"device": "cpu", "pin_memory": True},
+                          "offload_param": {"device": "cpu", "pin_memory": True}}}
+
 # merge and inference take the keys of `ftkit merge` / `ftkit chat` (ftkit merge examples/merge.yaml)
 TOOL_EXAMPLES = {
     "merge.yaml": ("Fold the LoRA adapter into its base: ftkit merge examples/merge.yaml",
@@ -52,11 +95,13 @@ def render_all() -> dict[str, str]:
     files = {name: example_yaml(values, title) for name, (title, values) in EXAMPLES.items()}
     for name, (title, values) in TOOL_EXAMPLES.items():
         files[name] = "# " + title + "\n" + yaml.safe_dump(values, sort_keys=False)
+    for name, values in DEEPSPEED.items():
+        files["deepspeed/" + name] = json.dumps(values, indent=2) + "\n"
     return files
 
 
 if __name__ == "__main__":
-    (ROOT / "examples").mkdir(exist_ok=True)
+    (ROOT / "examples" / "deepspeed").mkdir(parents=True, exist_ok=True)
     for name, text in render_all().items():
         (ROOT / "examples" / name).write_text(text, encoding="utf-8")
         print("wrote examples/" + name)

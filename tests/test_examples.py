@@ -65,3 +65,32 @@ def test_demo_data_and_corpus_match_their_generator():
     committed = json.loads((REPO / "data" / "demo_zh_en.json").read_text(encoding="utf-8"))
     assert committed == make_demo_data.build(), "rebuild with python scripts/make_demo_data.py"
     assert (REPO / "data" / "corpus" / "glossary.txt").read_text(encoding="utf-8") == make_demo_data.corpus_text()
+
+
+def test_deepspeed_and_fsdp_examples_validate_without_a_gpu(workdir):
+    import importlib.util
+    import json
+
+    from ftkit.config import RunConfig
+    from ftkit.errors import ConfigError
+    from ftkit.train import check_run, training_arguments
+
+    for name in ("ds_z2_config.json", "ds_z3_config.json", "ds_z3_offload_config.json"):
+        ds = json.loads((REPO / "examples/deepspeed" / name).read_text())
+        assert ds["zero_optimization"]["stage"] in (2, 3) and ds["train_micro_batch_size_per_gpu"] == "auto"
+    ds3 = RunConfig.from_any(REPO / "examples/llama3_lora_sft_ds3.yaml",
+                             ["model_name_or_path=tiny", f"deepspeed={REPO / 'examples/deepspeed/ds_z3_config.json'}"])
+    assert ds3.extra["deepspeed"].endswith("ds_z3_config.json")
+    if importlib.util.find_spec("deepspeed") is None:
+        with pytest.raises(ConfigError, match="deepspeed: the deepspeed package is not installed"):
+            check_run(ds3)
+    (workdir / "bad.json").write_text('{"zero_optimization": {"stage": 3,}}')
+    (workdir / "five.json").write_text('{"zero_optimization": {"stage": 5}}')
+    for value, pattern in [("missing.json", r"deepspeed: missing\.json is not a file"),
+                           ("bad.json", r"deepspeed: bad\.json: line 1: invalid JSON"),
+                           ("five.json", r"zero_optimization\.stage 5 is not 0, 1, 2 or 3")]:
+        with pytest.raises(ConfigError, match=pattern):
+            check_run(RunConfig.from_dict({"dataset": "demo", "deepspeed": value}))
+    fsdp = RunConfig.from_any(REPO / "examples/llama3_full_sft_fsdp.yaml", ["model_name_or_path=tiny"])
+    args = training_arguments(fsdp, max_steps=10, evaluate=False)
+    assert args.fsdp and args.fsdp_config["transformer_layer_cls_to_wrap"] == ["LlamaDecoderLayer"]

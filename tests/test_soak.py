@@ -1,0 +1,29 @@
+"""Twenty runs in one process, as a notebook kernel sees them: train, merge, generate, again and again."""
+import gc
+import threading
+
+import psutil
+import pytest
+from conftest import base_config
+
+import ftkit
+
+
+@pytest.mark.slow
+def test_twenty_runs_in_one_process_do_not_accumulate(workdir):
+    me = psutil.Process()
+    rss, threads, files = [], [], []
+    for i in range(20):
+        run = ftkit.train(base_config(f"out/{i}", max_steps=2), console=False)
+        merged = ftkit.merge(run.adapter_dir, console=False)
+        assert ftkit.generate(merged, "Who are you?", max_new_tokens=4) is not None
+        del run
+        gc.collect()
+        rss.append(me.memory_info().rss)
+        threads.append(threading.active_count())
+        files.append(len(me.open_files()))
+    print("RSS MiB per run:", [round(r / 2**20) for r in rss], "threads:", threads, "open files:", files)
+    baseline = max(rss[:3])
+    assert max(rss[3:]) <= baseline * 1.10, [round(r / 2**20) for r in rss]
+    assert max(threads[3:]) <= max(threads[:3]), threads
+    assert max(files[3:]) <= max(files[:3]), files
