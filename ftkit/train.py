@@ -165,6 +165,8 @@ def train(config, callbacks=(), console: bool = True, should_stop=None) -> Run:
         import shutil
 
         shutil.rmtree(out / ".staging", ignore_errors=True)  # a checkpoint a killed process left half-written
+        if cfg.overwrite_output_dir and cfg.resume_from_checkpoint in (None, False):
+            _clear_previous_run(out)
         (out / "metrics.jsonl").unlink(missing_ok=True)
         cfg.save(out / RUN_CONFIG)
     emit("begin", **p.summary(packed), note=_notes(cfg, model))
@@ -185,6 +187,16 @@ def train(config, callbacks=(), console: bool = True, should_stop=None) -> Run:
          output_dir=str(out), adapter_dir=str(run.adapter_dir), stopped=run.stopped)
     run.model, run.tokenizer = trainer.model, tokenizer
     return run
+
+
+def _clear_previous_run(out: Path) -> None:
+    """overwrite_output_dir: remove what the previous run left that would mix with this one (its checkpoints,
+    which a later resume would pick up, its TensorBoard curves, its merged model); its adapter is replaced
+    atomically when this run saves."""
+    import shutil
+
+    for old in [*out.glob("checkpoint-*"), out / "runs", out / "merged", out / "lora_init"]:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def check_run(cfg: RunConfig) -> None:

@@ -225,10 +225,14 @@ def test_merge_fails_loudly_when_merged_logits_differ(workdir, monkeypatch):
 
 
 def test_existing_run_folder_is_not_overwritten(workdir):
-    ftkit.train(base_config(workdir / "o", max_steps=1), console=False)
+    ftkit.train(base_config(workdir / "o", max_steps=3, save_steps=3, report_to="tensorboard"), console=False)
+    ftkit.merge(workdir / "o", console=False)
     with pytest.raises(ConfigError, match="already holds a run"):
         ftkit.train(base_config(workdir / "o", max_steps=1), console=False)
     ftkit.train(base_config(workdir / "o", max_steps=1, overwrite_output_dir=True), console=False)
+    # what the replaced run left is gone: a later resume cannot pick its checkpoints, TensorBoard shows one run
+    assert sorted(p.name for p in (workdir / "o").glob("checkpoint-*")) == ["checkpoint-1"]
+    assert not (workdir / "o/merged").exists() and not (workdir / "o/runs").exists()
 
 
 def test_stop_from_a_subscriber_and_interrupt_save_the_adapter(workdir):
