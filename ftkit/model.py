@@ -12,6 +12,10 @@ def quiet() -> None:
     """Silence start-up chatter that says nothing to a user (progress bars, optional-kernel notices)."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*deprecated")  # peft calls it
+    # bitsandbytes 8-bit on fp32 inputs logs the (expected) cast on every matmul
+    import logging
+
+    logging.getLogger("bitsandbytes.autograd._functions").setLevel(logging.ERROR)
     import transformers
 
     transformers.utils.logging.disable_progress_bar()
