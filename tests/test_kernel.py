@@ -120,3 +120,11 @@ def test_errors_are_one_line_without_traceback(kernel):
     assert r.error.startswith("UsageError: invalid run config") and "did you mean learning_rate" in r.error
     r = kernel.run("%%finetune\n" + CONFIG.format(out="out/c").replace("demo", "missing.json"))
     assert r.error.startswith("UsageError: cannot start this run") and "missing.json" in r.error
+
+
+def test_the_magic_line_takes_notebook_variables(kernel):
+    r = kernel.run("NAME = 'c'")
+    assert r.error is None
+    r = kernel.run("%%finetune --name {NAME}\n" + CONFIG.format(out="out/v").replace("max_steps: 300", "max_steps: 2"))
+    assert r.error is None, r.error
+    assert kernel.value("c.losses[-1][0]") == "2"

@@ -152,6 +152,7 @@ def await_finetune(lines: list[str]) -> list[str]:
 
 
 async def finetune_awaiting(ip, line: str, cell: str):
+    line = ip.var_expand(line)  # what run_cell_magic does to the line: --nproc {NPROC} -> --nproc 2
     result = ip.magics_manager.registry["FtkitMagics"].finetune(line, cell, awaiting=True)
     return await result if hasattr(result, "__await__") else result
 
