@@ -2,8 +2,9 @@
 the `%%finetune` magic. Every one must give a short message naming the culprit (file, line or record, key) and
 what to do, with no traceback on the command line or in the notebook, and must not start training."""
 import json
+import re
 import shutil
-import textwrap
+from pathlib import Path
 
 import pytest
 import yaml
@@ -84,7 +85,7 @@ def _setup(workdir, files):
 
         (workdir / "m").mkdir()
         for f in ("config.json", "model.safetensors", "generation_config.json"):
-            if (src := (__import__("pathlib").Path(resolve("tiny")) / f)).exists():
+            if (src := (Path(resolve("tiny")) / f)).exists():
                 shutil.copy(src, workdir / "m" / f)
         return
     for name, text in files.items():
@@ -115,7 +116,7 @@ def test_cli(workdir, case, capsys):
     assert cli.main(["train", "run.yaml"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("ftkit train: error: ") and "Traceback" not in err
-    assert __import__("re").search(pattern, err, __import__("re").S), err
+    assert re.search(pattern, err, re.S), err
 
 
 @pytest.fixture
@@ -137,18 +138,18 @@ def test_magic(ip, workdir, case):
     _setup(workdir, files)
     result = ip.run_cell("%%finetune --inline\n" + yaml.safe_dump(_config(changes)))
     assert isinstance(result.error_in_exec, UsageError), result.error_in_exec  # shown without a traceback
-    assert __import__("re").search(pattern, str(result.error_in_exec), __import__("re").S)
+    assert re.search(pattern, str(result.error_in_exec), re.S)
 
 
 @pytest.mark.parametrize("case", list(YAML_CASES))
 def test_yaml_errors_name_the_line(ip, workdir, case, capsys):
     text, pattern = YAML_CASES[case]
     result = ip.run_cell("%%finetune\n" + text)
-    assert isinstance(result.error_in_exec, UsageError) and __import__("re").search(pattern, str(result.error_in_exec))
+    assert isinstance(result.error_in_exec, UsageError) and re.search(pattern, str(result.error_in_exec))
     (workdir / "bad.yaml").write_text(text, encoding="utf-8")
     assert cli.main(["train", "bad.yaml"]) == 2
     err = capsys.readouterr().err
-    assert "Traceback" not in err and __import__("re").search(pattern, err)
+    assert "Traceback" not in err and re.search(pattern, err)
     with pytest.raises(FtkitError, match="(?s)" + pattern):
         ftkit.train(str(workdir / "bad.yaml"))
 
@@ -160,8 +161,8 @@ def test_a_full_disk_while_saving_loses_nothing_already_saved(workdir, monkeypat
     from peft import PeftModel
 
     def full_disk(self, path, *a, **kw):
-        (__import__("pathlib").Path(path)).mkdir(parents=True, exist_ok=True)
-        (__import__("pathlib").Path(path) / "adapter_model.safetensors").write_bytes(b"partial")
+        (Path(path)).mkdir(parents=True, exist_ok=True)
+        (Path(path) / "adapter_model.safetensors").write_bytes(b"partial")
         raise OSError(errno.ENOSPC, "No space left on device")
 
     cfg = base_config("out/disk", max_steps=4, save_steps=2)

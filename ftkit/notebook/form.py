@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import html
+import json
 
 import yaml
 
@@ -40,7 +41,7 @@ class ConfigForm:
         def box(cls, key, **kw):
             return cls(description=key, tooltip=tip(key), style=style, layout=layout, **kw)
 
-        known = sorted(__import__("json").loads((bundled_data_dir() / "dataset_info.json").read_text("utf-8")))
+        known = sorted(json.loads((bundled_data_dir() / "dataset_info.json").read_text("utf-8")))
         d = self.defaults
         self.widgets = {
             "model_name_or_path": box(w.Text, "model_name_or_path", value=d.model_name_or_path),

@@ -6,6 +6,7 @@ Registered by `%load_ext ftkit`. Runs are bound in the user namespace under thei
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import shlex
 
@@ -26,7 +27,9 @@ def fill(cell: str, namespace: dict) -> str:
             raise UsageError(f"%%finetune: {{{m.group(1)}}} names no notebook variable; define it, "
                              "or write {{...}} for literal braces")
         v = namespace[m.group(1)]
-        return v if isinstance(v, str) else __import__("json").dumps(v) if isinstance(v, (list, dict, bool)) else str(v)
+        if isinstance(v, str):
+            return v
+        return json.dumps(v) if isinstance(v, (list, dict, bool)) else str(v)  # YAML reads JSON values
 
     return PLACEHOLDER.sub(value, cell).replace("{{", "{").replace("}}", "}")
 
