@@ -51,6 +51,20 @@ class Emitter:
         return event
 
 
+class RunMetrics:
+    """The loss curves of a run that records its events in `self.metrics` (in-process and launched runs)."""
+
+    metrics: list[Event]
+
+    @property
+    def losses(self) -> list[tuple[int, float]]:
+        return [(e["step"], e["loss"]) for e in self.metrics if e["kind"] == "step"]
+
+    @property
+    def eval_losses(self) -> list[tuple[int, float]]:
+        return [(e["step"], e["eval_loss"]) for e in self.metrics if e["kind"] == "eval"]
+
+
 class JsonlLog:
     """Appends every event as one JSON line (the run's metrics.jsonl)."""
 

@@ -23,14 +23,14 @@ from pathlib import Path
 
 from ftkit import errors
 from ftkit.config import RunConfig
-from ftkit.events import Emitter
+from ftkit.events import Emitter, RunMetrics
 
 MARK = "@ftkit-event "
 CONFIG_ENV, STOP_ENV = "FTKIT_LAUNCH_CONFIG", "FTKIT_STOP_FILE"
 STOP_FILE = ".ftkit-stop"  # in the run's output folder
 
 
-class LaunchedRun:
+class LaunchedRun(RunMetrics):
     """A run in a child process. Fills in like `train`'s Run as events arrive; `wait()` and `stop()` control it."""
 
     model = tokenizer = None  # the model lives in the child; ftkit.generate(run) loads the saved adapter
@@ -52,14 +52,6 @@ class LaunchedRun:
         self.metrics.append(event)
         if event["kind"] == "end":
             self.adapter_dir, self.stopped = Path(event["adapter_dir"]), event["stopped"]
-
-    @property
-    def losses(self) -> list[tuple[int, float]]:
-        return [(e["step"], e["loss"]) for e in self.metrics if e["kind"] == "step"]
-
-    @property
-    def eval_losses(self) -> list[tuple[int, float]]:
-        return [(e["step"], e["eval_loss"]) for e in self.metrics if e["kind"] == "eval"]
 
     @property
     def done(self) -> bool:

@@ -21,12 +21,12 @@ from transformers import Trainer, TrainerCallback  # ftkit.train is the engine: 
 
 from ftkit.config import ADAPTER_CONFIG, RUN_CONFIG, RunConfig
 from ftkit.errors import ConfigError, DataError, RunError
-from ftkit.events import ConsoleProgress, Emitter, JsonlLog
+from ftkit.events import ConsoleProgress, Emitter, JsonlLog, RunMetrics
 from ftkit.files import partial_dir, replace_dir
 
 
 @dataclass
-class Run:
+class Run(RunMetrics):
     """What a run leaves behind; in-process runs also keep `model` and `tokenizer`."""
 
     config: RunConfig
@@ -44,14 +44,6 @@ class Run:
 
     def record(self, event: dict) -> None:
         self.metrics.append(event)
-
-    @property
-    def losses(self) -> list[tuple[int, float]]:
-        return [(e["step"], e["loss"]) for e in self.metrics if e["kind"] == "step"]
-
-    @property
-    def eval_losses(self) -> list[tuple[int, float]]:
-        return [(e["step"], e["eval_loss"]) for e in self.metrics if e["kind"] == "eval"]
 
     def __repr__(self) -> str:
         last = f", loss {self.losses[-1][1]:.4f}" if self.losses else ""
