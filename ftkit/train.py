@@ -170,7 +170,7 @@ def train(config, callbacks=(), console: bool = True, should_stop=None) -> Run:
     except KeyboardInterrupt:
         run.stopped = True  # save what was trained below; the caller sees run.stopped
     run.stopped = run.stopped or run._stop_requested or emit.stop_requested
-    run.adapter_dir = out / ("adapter" if cfg.finetuning_type == "lora" else "model")
+    run.adapter_dir = trained_dir(cfg, out)
     if main:
         save_trained(trainer.model, tokenizer, p.template, cfg, out, initial)
     state = trainer.state
@@ -538,12 +538,17 @@ def _save_initial_adapter(model, cfg: RunConfig, out: Path) -> Path | None:
     return path
 
 
+def trained_dir(cfg: RunConfig, out: Path) -> Path:
+    """Where a run's result lives: adapter/ (LoRA) or model/ (full and freeze tuning)."""
+    return out / ("adapter" if cfg.finetuning_type == "lora" else "model")
+
+
 def save_trained(model, tokenizer, template, cfg: RunConfig, out: Path, initial: Path | None = None) -> Path:
     """Adapter (LoRA) or model (full/freeze) + tokenizer + run config, written atomically."""
     import errno
     import shutil
 
-    final = out / ("adapter" if cfg.finetuning_type == "lora" else "model")
+    final = trained_dir(cfg, out)
     tmp = partial_dir(final)
     try:
         if initial:  # rank 2r adapter for the original base
