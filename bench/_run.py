@@ -1,8 +1,9 @@
 """One benchmark run in its own process: `python bench/_run.py TOOL CONFIG.json RESULT.json`.
 
-TOOL is ftkit, llamafactory or hf (a hand-written transformers.Trainer + peft loop). The same patches on
-transformers.Trainer measure every tool alike: the time of the first training step, and real tokens
-against token cells in every batch the model sees. Runs with whichever Python has the tool installed.
+TOOL is ftkit, llamafactory or hf (a hand-written transformers.Trainer + peft loop); each starts as its command
+line does. The same patches on transformers.Trainer, applied just before each tool's work, measure every tool
+alike: the time of the first training step, and real tokens against token cells in every batch the model sees.
+Runs with whichever Python has the tool installed.
 """
 from __future__ import annotations
 
@@ -45,22 +46,30 @@ def patch_trainer(record: dict) -> None:
     transformers.Trainer.train = train_
 
 
-def run_ftkit(cfg: dict) -> str:
+def run_ftkit(cfg: dict, record: dict) -> str:
     import ftkit
+    from ftkit.config import RunConfig
+    from ftkit.files import start_own_process
 
+    start_own_process(RunConfig.from_dict(cfg))  # what `ftkit train` does first (cli.cmd_train)
+    patch_trainer(record)
     return str(ftkit.train(cfg, console=False).adapter_dir)
 
 
-def run_llamafactory(cfg: dict) -> str:
+def run_llamafactory(cfg: dict, record: dict) -> str:
     from llamafactory.train.tuner import run_exp
+
+    patch_trainer(record)
 
     run_exp(cfg)
     return cfg["output_dir"]
 
 
-def run_hf(cfg: dict) -> str:
+def run_hf(cfg: dict, record: dict) -> str:
     """What a user writes by hand: chat template, prompt masking, padding collator, Trainer, peft."""
     import torch
+
+    patch_trainer(record)
     from peft import LoraConfig, get_peft_model
     from transformers import (AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, Trainer,
                               TrainingArguments)
@@ -100,9 +109,8 @@ def main() -> None:
 
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
     record: dict = {"tool": tool}
-    patch_trainer(record)
     cfg = json.load(open(config_path, encoding="utf-8"))
-    record["adapter_dir"] = {"ftkit": run_ftkit, "llamafactory": run_llamafactory, "hf": run_hf}[tool](cfg)
+    record["adapter_dir"] = {"ftkit": run_ftkit, "llamafactory": run_llamafactory, "hf": run_hf}[tool](cfg, record)
     with open(result_path, "w") as f:
         json.dump(record, f)
     if tool == "ftkit":  # end the way `ftkit train` ends (ftkit.files.exit_now); the others end as their CLIs do

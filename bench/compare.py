@@ -10,7 +10,8 @@ transformers.Trainer (bench/_run.py) time the first step and count real tokens a
 held-out loss of every saved adapter is computed by one evaluator. Prints a table and ratios, and writes
 bench/results/compare-<date>.json.
 
-LLaMA-Factory lives in its own virtualenv (bench/.venv-llamafactory), installed on first use with the traps
+Each tool runs in a virtualenv of its own dependencies, installed on first use: ftkit (bench/.venv-ftkit, this
+checkout, editable; the hand-written loop runs there too) and LLaMA-Factory (bench/.venv-llamafactory), with the traps
 worked around: torch 2.13.0 (CPU) first and pinned, PyPI's torchvision removed (a CUDA build that breaks
 transformers beside the CPU torch; text SFT does not use it), and torchaudio's native libraries moved aside
 (LLaMA-Factory imports torchaudio at top level and the wheel's libraries fail to load here).
@@ -33,6 +34,7 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 WORK = BENCH / ".work"
 VENV = BENCH / ".venv-llamafactory"
+FTKIT_VENV = BENCH / ".venv-ftkit"
 SYSTEM = "You are a helpful assistant."
 COMMON = dict(batch=8, cutoff_len=512, lora_rank=8, learning_rate=1e-3, seed=42)
 
@@ -59,6 +61,23 @@ def baseline_python() -> Path:
     for lib in (site / "torchaudio" / "lib").glob("*.so"):
         shutil.move(str(lib), aside / lib.name)
     subprocess.run([str(py), "-c", "import llamafactory.train.tuner"], check=True)
+    return py
+
+
+def ftkit_python() -> Path:
+    """ftkit (this checkout, editable) with its own dependencies and nothing else, as `pip install ftkit` leaves
+    it: packages that merely happen to be installed cost start-up (transformers imports datasets, pandas and scipy
+    whenever they are there, ~0.6 s here), and the baseline gets a virtualenv of exactly its own too."""
+    py = FTKIT_VENV / "bin" / "python"
+    probe = "import ftkit, sys; sys.exit(ftkit.__file__ != %r)" % str(ROOT / "ftkit" / "__init__.py")
+    if py.exists() and subprocess.run([str(py), "-c", probe], capture_output=True).returncode == 0:
+        return py
+    print(f"installing ftkit into {FTKIT_VENV} (a minute or two, once)", flush=True)
+    subprocess.run([sys.executable, "-m", "venv", str(FTKIT_VENV)], check=True)
+    pip = [str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+    subprocess.run(pip + ["torch==2.13.0"], check=True)
+    subprocess.run(pip + ["-e", str(ROOT)], check=True)
+    subprocess.run([str(py), "-c", probe], check=True)
     return py
 
 
@@ -110,7 +129,7 @@ def configs(model: str) -> dict[str, tuple[str, dict]]:
     c = COMMON
     lf = dict(model_name_or_path=model, stage="sft", do_train=True, finetuning_type="lora", lora_target="all",
               lora_rank=c["lora_rank"], dataset="bench", dataset_dir=str(WORK), template="qwen",
-              default_system=SYSTEM, cutoff_len=c["cutoff_len"], overwrite_cache=True,
+              default_system=SYSTEM, cutoff_len=c["cutoff_len"],
               preprocessing_num_workers=1, per_device_train_batch_size=c["batch"], gradient_accumulation_steps=1,
               learning_rate=c["learning_rate"], num_train_epochs=1.0, lr_scheduler_type="cosine", logging_steps=10,
               save_strategy="no", report_to="none", use_cpu=True, seed=c["seed"], overwrite_output_dir=True)
@@ -185,7 +204,8 @@ def main(argv=None) -> int:
     print(f"model {data['params'] / 1e6:.1f}M parameters; {a.examples} examples, tokens per example median "
           f"{data['tokens_median']}, p90 {data['tokens_p90']}, max {data['tokens_max']}", flush=True)
     contenders = {k: v for k, v in configs(data["model"]).items() if not a.only or k in a.only}
-    pythons = {"ftkit": Path(sys.executable), "hf": Path(sys.executable)}
+    ftkit_py = ftkit_python()
+    pythons = {"ftkit": ftkit_py, "hf": ftkit_py}  # the hand-written loop needs only what ftkit installs
     if any(tool == "llamafactory" for tool, _ in contenders.values()):
         pythons["llamafactory"] = baseline_python()
     runs = []

@@ -64,6 +64,10 @@ def cmd_train(argv: list[str]) -> int:
 
         run = ftkit.launch(cfg, callbacks=[ConsoleProgress()], nproc=nproc)
     else:
+        if OWN_PROCESS:
+            from ftkit.files import start_own_process
+
+            start_own_process(cfg)
         run = ftkit.train(cfg)
     if run.stopped:
         print(f"stopped early; what was trained is saved in {run.adapter_dir}", file=sys.stderr)
@@ -180,6 +184,10 @@ def cmd_export_onnx(argv: list[str]) -> int:
     return 0
 
 
+# True when this process is the `ftkit` command itself (entry()), not code that called main(): then `train`
+# may set the process up for the one run (files.start_own_process)
+OWN_PROCESS = False
+
 COMMANDS = {"train": cmd_train, "merge": cmd_merge, "chat": cmd_chat, "convert": cmd_convert,
             "export-onnx": cmd_export_onnx, "models": cmd_models, "demo": cmd_demo}
 
@@ -214,9 +222,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def entry() -> None:
-    """The `ftkit` console script: main(), then a quick exit (see files.exit_now)."""
+    """The `ftkit` console script: main() in a process of its own, then a quick exit (see files.exit_now)."""
     from ftkit.files import exit_now
 
+    global OWN_PROCESS
+    OWN_PROCESS = True
     exit_now(main())
 
 

@@ -170,6 +170,9 @@ def _child() -> int:
             sys.stdout.flush()
 
     try:
+        from ftkit.files import start_own_process
+
+        start_own_process(cfg)
         from ftkit.train import train
 
         train(cfg, callbacks=[relay], console=False, should_stop=stop_file.exists)

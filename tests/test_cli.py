@@ -163,3 +163,45 @@ def test_nproc_2_from_the_command_line_and_through_accelerate_launch(workdir):
                             "out/accel"], cwd=workdir, env=env, capture_output=True, text=True, timeout=600)
     assert accel.returncode == 0, accel.stderr[-2000:]
     assert losses(accel.stdout) == pytest.approx(losses(one.stdout), rel=1e-4)
+
+
+def test_which_runs_need_bitsandbytes(tmp_path):
+    from ftkit.config import RunConfig
+    from ftkit.files import uses_bitsandbytes
+
+    def needs(**keys):
+        return uses_bitsandbytes(RunConfig.from_dict({"dataset": "demo", **keys}))
+
+    quantized = tmp_path / "quantized"
+    quantized.mkdir()
+    (quantized / "config.json").write_text(json.dumps({"model_type": "llama", "quantization_config": {
+        "quant_method": "bitsandbytes", "load_in_4bit": True}}))
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    assert not needs() and not needs(model_name_or_path=str(plain)) and not needs(optim="adamw_torch")
+    assert needs(quantization_bit=4) and needs(quantization_bit=8) and needs(optim="paged_adamw_8bit")
+    assert needs(optim="adamw_bnb_8bit") and needs(model_name_or_path=str(quantized))
+    assert needs(model_name_or_path="nobody/not-a-cached-model")  # might be quantized: not known offline
+
+
+@pytest.mark.slow
+def test_the_command_starts_lean_and_code_that_calls_in_keeps_bitsandbytes(workdir):
+    """`ftkit train` is a process of its own: an unquantized run leaves bitsandbytes unimported (peft would import
+    it, 0.8 s) and freezes the imported objects out of the collector's way; main() called from code does neither."""
+    probe = ("import atexit, gc, sys\n"
+             "atexit.register(lambda: print('bnb', sys.modules.get('bitsandbytes', 'absent') is None, "
+             "'frozen', gc.get_freeze_count()))\n"
+             "from ftkit import cli\n"
+             "sys.argv = ['ftkit', 'train', '--dataset', 'demo', '--max_steps', '1', '--output_dir', 'out/lean-' + sys.argv0,"
+             " '--threads', '1']\n"
+             "cli.entry() if sys.argv0 == 'entry' else sys.exit(cli.main(sys.argv[1:]))\n")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    for how, blocked in (("entry", True), ("main", False)):
+        p = subprocess.run([sys.executable, "-c", probe.replace("sys.argv0", repr(how))], cwd=workdir, env=env,
+                           capture_output=True, text=True, timeout=300)
+        assert p.returncode == 0, p.stderr
+        state = p.stdout.strip().splitlines()[-1].split()
+        assert state[1] == str(blocked), (how, p.stdout)
+        assert (int(state[3]) > 100_000) == blocked, (how, state)
+        assert (workdir / f"out/lean-{how}/adapter/adapter_model.safetensors").exists()
