@@ -6,6 +6,12 @@ them and hands them to the same callbacks an in-process run would get. The paren
 so the memory returns when the child exits, and a crash or an out-of-memory kill in training is a message
 here, not a dead notebook kernel.
 
+Starting: with `keep_warm()` on (`%load_ext ftkit` turns it on) one child is started ahead and imports the
+engine (torch, transformers, peft: ~3 s on 2 cores) while the notebook does other things; the next single-process
+run hands it its config on stdin and reaches its first step in a fraction of a second. A new one is started when a
+run ends. A waiting child holds ~0.5 GB and exits when this process does; one started under other environment
+variables than the run's is not used.
+
 Stopping: `run.stop()` (a Stop button, a subscriber returning "stop") creates a stop file the child checks
 after every step; a Ctrl-C (kernel interrupt) here sends the child SIGINT (one process) or creates the stop
 file (several): either way it saves what was trained and exits. A second Ctrl-C stops it at once.
@@ -89,6 +95,7 @@ class LaunchedRun(RunMetrics):
                 self._interrupt()
         self.process.wait()
         self.process.stdout.close()
+        _warm_up()  # for the next run, now that this one no longer needs the cores
         (self.output_dir / STOP_FILE).unlink(missing_ok=True)
         if self.error is None and not any(e["kind"] == "end" for e in self.metrics):
             self.error = errors.RunError(self._crash_text())
@@ -140,22 +147,111 @@ def launch(config, callbacks=(), nproc: int = 1, background: bool = False) -> La
     if nproc < 1:
         raise errors.ConfigError(f"nproc: must be at least 1, got {nproc}")
     (cfg.run_dir / STOP_FILE).unlink(missing_ok=True)
-    child = [sys.executable, "-m", "ftkit.launch"]
-    if nproc > 1:
-        # --multi_gpu is accelerate's name for "one process per device through torchrun"; on a CPU it starts
-        # nproc processes that train with gloo (its --cpu would start one)
-        child = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(nproc),
-                 "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "ftkit.launch"]
-    env = {**os.environ, CONFIG_ENV: json.dumps(cfg.to_dict(), default=str), STOP_ENV: str(cfg.run_dir / STOP_FILE),
-           "PYTHONUNBUFFERED": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "PYTHONIOENCODING": "utf-8"}
-    process = subprocess.Popen(child, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                               text=True, encoding="utf-8", errors="replace", env=env, start_new_session=True)
+    run_env = {CONFIG_ENV: json.dumps(cfg.to_dict(), default=str), STOP_ENV: str(cfg.run_dir / STOP_FILE)}
+    process = _take_warm(run_env) if nproc == 1 else None
+    if process is None:
+        process = _start(nproc, run_env)
     run = LaunchedRun(cfg, process, callbacks, nproc)
     if background:
         run._thread = threading.Thread(target=run._pump, name="ftkit-launch", daemon=True)
         run._thread.start()
         return run
     return run.wait()
+
+
+def _start(nproc: int = 1, run_env: dict | None = None) -> subprocess.Popen:
+    """A child that trains the config in `run_env`, or (None) a warm one that waits for it on stdin."""
+    child = [sys.executable, "-m", "ftkit.launch"] + ["--wait-for-config"] * (run_env is None)
+    if nproc > 1:
+        # --multi_gpu is accelerate's name for "one process per device through torchrun"; on a CPU it starts
+        # nproc processes that train with gloo (its --cpu would start one)
+        child = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(nproc),
+                 "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "ftkit.launch"]
+    env = {**os.environ, **(run_env or {}),
+           "PYTHONUNBUFFERED": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "PYTHONIOENCODING": "utf-8"}
+    return subprocess.Popen(child, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL if run_env else subprocess.PIPE, text=True, encoding="utf-8",
+                            errors="replace", env=env, start_new_session=True)
+
+
+# ---- a child started ahead --------------------------------------------------------------------------------------
+
+_warm: dict = {"on": False, "process": None, "environ": None}
+_warm_lock = threading.Lock()  # a background run ends (and warms up) on its own thread
+
+
+# what ftkit sets in every child anyway (model.quiet, the CLI), and pytest's name of the test phase
+_UNCOMPARED = ("TOKENIZERS_PARALLELISM", "HF_HUB_DISABLE_PROGRESS_BARS", "PYTEST_CURRENT_TEST")
+
+
+def _environ() -> dict:
+    """The environment a child inherits, as far as it can matter to a run (a change means a fresh child)."""
+    return {k: v for k, v in os.environ.items() if k not in _UNCOMPARED}
+
+
+def keep_warm(on: bool = True) -> None:
+    """Keep one child started ahead for the next single-process run (see the module's docstring), or stop doing
+    so and end the waiting one."""
+    _warm["on"] = on
+    if on:
+        _warm_up()
+    else:
+        with _warm_lock:
+            _dismiss()
+
+
+def _warm_up() -> None:
+    with _warm_lock:
+        process = _warm["process"]
+        if _warm["on"] and (process is None or process.poll() is not None):
+            _dismiss()
+            _warm["process"], _warm["environ"] = _start(), _environ()
+
+
+def _take_warm(run_env: dict) -> subprocess.Popen | None:
+    """The waiting child, given this run (and this folder: paths in a config are relative to it); None if there
+    is none, it died, or the environment changed since it started (it imported under the old one)."""
+    with _warm_lock:
+        process = _warm["process"]
+        if process is None or process.poll() is not None or _warm["environ"] != _environ():
+            _dismiss()
+            return None
+        _warm["process"] = None
+    try:
+        process.stdin.write(json.dumps({**run_env, "cwd": os.getcwd()}) + "\n")
+        process.stdin.close()
+    except OSError:  # it ended between the poll and the write
+        process.wait()
+        return None
+    return process
+
+
+def _dismiss() -> None:
+    process, _warm["process"], _warm["environ"] = _warm["process"], None, None
+    if process is not None:
+        process.kill()
+        process.wait()
+        for stream in (process.stdin, process.stdout):
+            stream.close()
+
+
+def _wait_for_config() -> None:
+    """The warm child's side: import the engine, then wait for a run's config (exit when the parent goes)."""
+    import gc
+
+    import ftkit.train  # noqa: F401
+
+    gc.freeze()
+    line = sys.stdin.readline()
+    if not line:
+        from ftkit.files import exit_now
+
+        exit_now(0)
+    message = json.loads(line)
+    cwd = message.pop("cwd")
+    os.chdir(cwd)
+    sys.path[0] = cwd  # where `python -m` started it, as for a child started now
+    os.environ.update(message)
 
 
 def _child() -> int:
@@ -192,4 +288,6 @@ def _child() -> int:
 if __name__ == "__main__":
     from ftkit.files import exit_now
 
+    if "--wait-for-config" in sys.argv:
+        _wait_for_config()
     exit_now(_child())

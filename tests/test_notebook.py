@@ -122,6 +122,55 @@ def test_a_crash_in_the_child_is_a_short_error_and_the_kernel_lives(ip, workdir)
 
 
 @pytest.mark.slow
+def test_a_warm_child_takes_the_next_run_and_trains_it_the_same(ip, workdir, monkeypatch):
+    """%load_ext starts a child ahead (its imports done before the cell runs); the run it takes trains exactly as a
+    child started for it, in the folder the run was started from; a new one waits after each run; one started
+    under another environment is not used; %unload_ext ends it."""
+    launch = sys.modules["ftkit.launch"]
+    waiting = launch._warm["process"]
+    assert launch._warm["on"] and waiting.poll() is None
+    warm = ftkit.launch(base_config("out/w"))
+    assert warm.process is waiting and "--wait-for-config" in warm.process.args
+    assert (workdir / "out/w/adapter/adapter_model.safetensors").exists()
+    launch.keep_warm(False)
+    assert waiting.poll() is not None and launch._warm["process"] is None
+    cold = ftkit.launch(base_config("out/c"))
+    assert "--wait-for-config" not in cold.process.args
+    assert [l for _, l in warm.losses] == [l for _, l in cold.losses]
+
+    launch.keep_warm()
+    (workdir / "elsewhere").mkdir()
+    monkeypatch.chdir(workdir / "elsewhere")
+    waiting = launch._warm["process"]
+    run = ftkit.launch(base_config("out/e", max_steps=2))
+    assert run.process is waiting and (workdir / "elsewhere/out/e/adapter").is_dir()
+    waiting = launch._warm["process"]
+    assert waiting is not None and waiting is not run.process  # the next one, started as this run ended
+    monkeypatch.setenv("FTKIT_TEST_SETTING", "changed")
+    run = ftkit.launch(base_config("out/v", max_steps=2))
+    assert run.process is not waiting and waiting.poll() is not None
+    waiting = launch._warm["process"]
+    ip.run_line_magic("unload_ext", "ftkit")
+    assert waiting.poll() is not None and not launch._warm["on"]
+    ip.run_line_magic("load_ext", "ftkit")
+
+
+def test_a_warm_child_ends_with_its_parent():
+    code = ("import sys, ftkit.launch\n"
+            "launch = sys.modules['ftkit.launch']\n"
+            "launch.keep_warm()\n"
+            "print(launch._warm['process'].pid)\n")
+    parent = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    pid = int(parent.stdout.split()[-1])
+    import psutil
+
+    deadline = time.time() + 60  # it finishes its imports, then finds its stdin closed
+    while psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE and time.time() < deadline:
+        time.sleep(0.2)
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+@pytest.mark.slow
 def test_a_killed_child_is_reported_with_advice(workdir):
     run = ftkit.launch(base_config("out/k", max_steps=400), background=True)
     while not run.losses:

@@ -177,12 +177,18 @@ MAGICS = {"cell": ["finetune", "chat"], "line": ["merge", "chat", "ftkit"]}
 
 
 def load(ip) -> None:
+    from ftkit.launch import keep_warm
+
     ip.register_magics(FtkitMagics)
+    keep_warm()  # the first %%finetune finds its child's imports done
     if await_finetune not in ip.input_transformers_post:
         ip.input_transformers_post.append(await_finetune)
 
 
 def unload(ip) -> None:
+    from ftkit.launch import keep_warm
+
+    keep_warm(False)
     for kind, names in MAGICS.items():
         for name in names:
             ip.magics_manager.magics[kind].pop(name, None)
