@@ -7,8 +7,9 @@ bilingual chat data of mixed length, then trains each contender on the same exam
 cutoff 512, LoRA r=8 on all linear layers, lr 1e-3, cosine, the same ChatML template and system prompt),
 alternating the contenders round by round. Each run is its own process; the same patches on
 transformers.Trainer (bench/_run.py) time the first step and count real tokens against token cells. The
-held-out loss of every saved adapter is computed by one evaluator. Prints a table and ratios, and writes
-bench/results/compare-<date>.json.
+held-out loss of every saved adapter is computed by one evaluator. Then ftkit as a notebook starts it: from
+`ftkit.launch` (a `%%finetune` cell) to the first step, with a child started for the run and with the warm child
+`%load_ext ftkit` keeps (bench/_notebook.py). Prints a table and ratios, and writes bench/results/compare-<date>.json.
 
 Each tool runs in a virtualenv of its own dependencies, installed on first use: ftkit (bench/.venv-ftkit, this
 checkout, editable; the hand-written loop runs there too) and LLaMA-Factory (bench/.venv-llamafactory), with the traps
@@ -169,6 +170,21 @@ def run_one(name: str, tool: str, cfg: dict, python: Path, threads: int, round_:
     return r
 
 
+def notebook_first_step(cfg: dict, python: Path, threads: int, rounds: int) -> dict:
+    """Seconds from `ftkit.launch` (a `%%finetune` cell) to the child's first step: cold, and warm (bench/_notebook.py)."""
+    out = WORK / "runs" / "notebook"
+    shutil.rmtree(out, ignore_errors=True)
+    cfg_path = out.with_suffix(".config.json")
+    cfg_path.write_text(json.dumps({**cfg, "output_dir": str(out), "overwrite_output_dir": True}))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": str(threads),
+           "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.run([str(python), str(BENCH / "_notebook.py"), str(cfg_path), str(rounds)], env=env,
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"notebook launch failed:\n{proc.stdout[-2000:]}{proc.stderr[-4000:]}")
+    return {k: statistics.median(v) for k, v in json.loads(proc.stdout.splitlines()[-1]).items()}
+
+
 def held_out_loss(model: str, adapter: str) -> float:
     """Mean loss per trained token on the held-out chats, the same evaluator for every contender."""
     import torch
@@ -237,9 +253,17 @@ def main(argv=None) -> int:
                 print(f"ftkit vs {name}: whole process {s['wall_s'] / f['wall_s']:.2f}x faster, time to first step "
                       f"{f['first_step_s'] / s['first_step_s']:.2f}x, peak RSS {f['peak_rss_mib'] / s['peak_rss_mib']:.2f}x, "
                       f"eval loss {f['held_out_loss'] / s['held_out_loss']:.3f}x")
+    notebook = None
+    if "ftkit" in contenders:
+        notebook = notebook_first_step(contenders["ftkit"][1], pythons["ftkit"], a.threads, a.rounds)
+        print(f"\nftkit from a notebook (`%%finetune`, ftkit.launch) to its first step: {notebook['cold']:.1f} s with a "
+              f"child started for the run, {notebook['warm']:.1f} s with the warm child %load_ext keeps")
+        for name, s in summary.items():
+            if name != "ftkit":
+                print(f"  vs {name}'s time to first step: {notebook['warm'] / s['first_step_s']:.2f}x")
     out = BENCH / "results" / f"compare-{datetime.datetime.now():%Y%m%d-%H%M}.json"
     out.write_text(json.dumps({"machine": f"{os.cpu_count()} CPU cores", "data": data, "args": vars(a),
-                               "summary": summary, "runs": runs}, indent=1) + "\n")
+                               "summary": summary, "notebook_first_step_s": notebook, "runs": runs}, indent=1) + "\n")
     print(f"wrote {out}")
     return 0
 
