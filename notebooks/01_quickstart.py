@@ -5,7 +5,8 @@ CELLS = [
 
 Four cells do the whole job:
 
-1. `%load_ext ftkit` loads the magics (torch loads only when a run starts),
+1. `%load_ext ftkit` loads the magics; the kernel itself never imports torch: a child process started now
+   imports it while you read on, so the first `%%finetune` starts training at once,
 2. `ftkit.preview(...)` shows the data as the model will see it, trained tokens marked,
 3. `%%finetune` trains from a YAML config with a live loss curve and memory gauge under the cell,
 4. `%%chat` and `%merge` try the result.
