@@ -83,7 +83,9 @@ class RunConfig:
     warmup_ratio: float = _f(0.0, "Share of steps with linear warmup.")
     fp16: bool = _f(False, "fp16 mixed precision (CUDA only).")
     bf16: bool = _f(False, "bf16 mixed precision (Ampere or newer GPU).")
-    gradient_checkpointing: bool = _f(False, "Recompute activations in backward: ~40% less activation memory, ~20% slower.")
+    gradient_checkpointing: bool | None = _f(None, "Recompute activations in backward: ~40% less activation memory, "
+                                                   "~20% slower. Unset: on only when the run fits in memory with it "
+                                                   "and not without.")
     logging_steps: int = _f(10, "Log loss, lr and throughput every N updates.")
     save_steps: int = _f(500, "Save a checkpoint every N updates.")
     eval_steps: int | None = _f(None, "Evaluate every N updates (default: 5 times per run when val_size > 0).")

@@ -309,7 +309,7 @@ def make_trainable(model, cfg):
         lora = lora_config(model, cfg)
         if cfg.quantization_bit:
             model = prepare_model_for_kbit_training(
-                model, use_gradient_checkpointing=cfg.gradient_checkpointing,
+                model, use_gradient_checkpointing=bool(cfg.gradient_checkpointing),
                 gradient_checkpointing_kwargs={"use_reentrant": False})
         model = get_peft_model(model, lora)
         skipped = _unadapted(model, lora)

@@ -9,6 +9,7 @@ Trainer's hooks into ftkit events; everything that shows a run subscribes.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import math
 import os
@@ -64,6 +65,7 @@ class Plan:
     memory: Any          # memory.Estimate
     memory_available: int
     args: Any            # transformers.TrainingArguments
+    memory_note: str = ""
 
     def summary(self, packed: bool | None = None) -> dict:
         """The pre-flight figures (the `begin` event's content); `packed` is known once the model is loaded."""
@@ -77,7 +79,7 @@ class Plan:
             eot_trained=stats.eot_trained, truncated=_truncation_text(cfg, stats),
             trainable_params=self.counts["trainable"], total_params=self.counts["total"], max_steps=self.max_steps,
             batch_tokens=_batch_text(cfg, packed), packed=packed, device=device(), model=cfg.model_name_or_path,
-            finetuning=_method_text(cfg), output_dir=str(cfg.run_dir), memory=self.memory.text(),
+            finetuning=_method_text(cfg), output_dir=str(cfg.run_dir), memory=self.memory.text() + self.memory_note,
             memory_mb=self.memory.total / 2**20, memory_available_mb=self.memory_available / 2**20,
             config=cfg.to_dict())
 
@@ -103,6 +105,13 @@ def plan(config) -> Plan:
     seq_len = min(cfg.cutoff_len, max(stats.lengths))
     estimate = memory.estimate(cfg, skeleton.config, counts, cfg.per_device_train_batch_size, seq_len)
     budget = memory.available(M.device())
+    note = ""
+    if cfg.gradient_checkpointing is None and estimate.total > budget:  # checkpointing where it pays
+        checkpointed = dataclasses.replace(cfg, gradient_checkpointing=True)
+        lower = memory.estimate(checkpointed, skeleton.config, counts, cfg.per_device_train_batch_size, seq_len)
+        if lower.total <= budget:
+            note = f"; gradient checkpointing on to fit (without it ~{estimate.total / 2**20:,.0f} MiB)"
+            cfg, estimate = checkpointed, lower
     if estimate.total > budget and not cfg.ignore_memory_estimate:
         raise ConfigError(
             f"memory: this run needs {estimate.text()}, more than the {budget / 2**30:.1f} GiB "
@@ -114,7 +123,7 @@ def plan(config) -> Plan:
     updates = math.ceil(per_epoch / cfg.gradient_accumulation_steps)
     max_steps = cfg.max_steps if cfg.max_steps > 0 else math.ceil(updates * cfg.num_train_epochs)
     args = training_arguments(cfg, max_steps, evaluate=bool(prepared.eval))
-    return Plan(cfg, model_path, tokenizer, template, prepared, counts, max_steps, estimate, budget, args)
+    return Plan(cfg, model_path, tokenizer, template, prepared, counts, max_steps, estimate, budget, args, note)
 
 
 def train(config, callbacks=(), console: bool = True, should_stop=None) -> Run:
@@ -132,6 +141,7 @@ def train(config, callbacks=(), console: bool = True, should_stop=None) -> Run:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     p = plan(cfg)
+    cfg = p.config  # with what the plan decided (gradient checkpointing when it was left unset)
     out, tokenizer = cfg.run_dir, p.tokenizer
 
     set_seed(cfg.seed)  # LoRA's initial weights come from the global RNG: seed before adapting
@@ -276,7 +286,7 @@ def training_arguments(cfg: RunConfig, max_steps: int, evaluate: bool):
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         learning_rate=cfg.learning_rate, num_train_epochs=cfg.num_train_epochs, max_steps=max_steps,
         max_grad_norm=cfg.max_grad_norm, lr_scheduler_type=cfg.lr_scheduler_type, warmup_steps=cfg.warmup_ratio,
-        fp16=cfg.fp16, bf16=cfg.bf16, activation_checkpointing=cfg.gradient_checkpointing,
+        fp16=cfg.fp16, bf16=cfg.bf16, activation_checkpointing=bool(cfg.gradient_checkpointing),
         activation_checkpointing_kwargs={"use_reentrant": False} if cfg.gradient_checkpointing else None,
         logging_steps=cfg.logging_steps, logging_first_step=True, save_steps=cfg.save_steps,
         eval_strategy="steps" if evaluate else "no", eval_steps=cfg.eval_steps or max(1, max_steps // 5),
