@@ -221,7 +221,7 @@ def _take_warm(run_env: dict) -> subprocess.Popen | None:
         process.stdin.write(json.dumps({**run_env, "cwd": os.getcwd()}) + "\n")
         process.stdin.close()
     except OSError:  # it ended between the poll and the write
-        process.wait()
+        _end(process)
         return None
     return process
 
@@ -229,10 +229,17 @@ def _take_warm(run_env: dict) -> subprocess.Popen | None:
 def _dismiss() -> None:
     process, _warm["process"], _warm["environ"] = _warm["process"], None, None
     if process is not None:
-        process.kill()
-        process.wait()
-        for stream in (process.stdin, process.stdout):
+        _end(process)
+
+
+def _end(process: subprocess.Popen) -> None:
+    process.kill()
+    process.wait()
+    for stream in (process.stdin, process.stdout):
+        try:
             stream.close()
+        except OSError:  # stdin's unsent config, when the child ended before it was written
+            pass
 
 
 def _wait_for_config() -> None:
