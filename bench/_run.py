@@ -60,7 +60,6 @@ def run_llamafactory(cfg: dict, record: dict) -> str:
     from llamafactory.train.tuner import run_exp
 
     patch_trainer(record)
-
     run_exp(cfg)
     return cfg["output_dir"]
 

@@ -61,13 +61,15 @@ def export_onnx(model_dir: str | Path, out: str | Path, tolerance: float = 1e-4,
 
     quiet = logging.getLogger("torch.onnx")  # "torchvision is not installed. Skipping torchvision::nms", ...
     level, quiet.level = quiet.level, logging.ERROR
-    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():  # the exporter narrates each pass
-        warnings.simplefilter("ignore", FutureWarning)
-        warnings.filterwarnings("ignore", message=".*axis name.*will not be used")
-        torch.onnx.export(wrapped, (ids, torch.ones_like(ids)), str(tmp / ONNX_FILE), dynamo=True,
-                          input_names=["input_ids", "attention_mask"], output_names=["logits"],
-                          dynamic_shapes={"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}})
-    quiet.setLevel(level)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():  # the exporter narrates each pass
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.filterwarnings("ignore", message=".*axis name.*will not be used")
+            torch.onnx.export(wrapped, (ids, torch.ones_like(ids)), str(tmp / ONNX_FILE), dynamo=True,
+                              input_names=["input_ids", "attention_mask"], output_names=["logits"],
+                              dynamic_shapes={"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}})
+    finally:  # the logger is the process's, not this export's
+        quiet.setLevel(level)
     diff = _check(wrapped, tmp, len(tokenizer))
     if not diff <= tolerance:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -81,10 +81,15 @@ def start_own_process(cfg) -> None:
     With the engine imported, gc.freeze() moves the ~0.5 M objects of torch and transformers out of the cyclic
     collector's sight: the Trainer's gc.collect() before the first step took 0.25 s walking them. Only for a
     process's own entry point: a process that called in may want bitsandbytes later."""
-    import gc
-
     if not uses_bitsandbytes(cfg) and "bitsandbytes" not in sys.modules:
         sys.modules["bitsandbytes"] = None
-    import ftkit.train  # noqa: F401  (torch, transformers, peft: the imports worth freezing)
+    preload_engine()
+
+
+def preload_engine() -> None:
+    """Import the engine (torch, transformers, peft) and freeze what it made out of the collector's sight."""
+    import gc
+
+    import ftkit.train  # noqa: F401
 
     gc.freeze()

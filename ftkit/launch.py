@@ -244,15 +244,11 @@ def _end(process: subprocess.Popen) -> None:
 
 def _wait_for_config() -> None:
     """The warm child's side: import the engine, then wait for a run's config (exit when the parent goes)."""
-    import gc
+    from ftkit.files import exit_now, preload_engine
 
-    import ftkit.train  # noqa: F401
-
-    gc.freeze()
+    preload_engine()  # bitsandbytes too, if installed: the run's config is not known yet
     line = sys.stdin.readline()
     if not line:
-        from ftkit.files import exit_now
-
         exit_now(0)
     message = json.loads(line)
     cwd = message.pop("cwd")

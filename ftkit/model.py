@@ -384,10 +384,13 @@ def safe_weights(model_path: str, allow_pickle: bool = False) -> dict:
     return {"use_safetensors": True}
 
 
+REMOTE_CODE_ADVICE = ("which ftkit does not run unless told; read it, then set trust_remote_code: true if you "
+                      "trust its source")
+
+
 def _load_error(model_path: str, e: Exception) -> ModelError:
     if "trust_remote_code" in str(e):
-        return ModelError(f"{model_path}: the model ships its own code, which ftkit does not run unless told; "
-                          "read it, then set trust_remote_code: true if you trust its source")
+        return ModelError(f"{model_path}: the model ships its own code, {REMOTE_CODE_ADVICE}")
     if "Unrecognized configuration class" in str(e):
         return ModelError(f"{model_path}: model type {model_type(model_path)!r} is not a causal (decoder-only) "
                           "language model that transformers' AutoModelForCausalLM can load; ftkit fine-tunes those "

@@ -103,12 +103,15 @@ def plan(config) -> Plan:
     skeleton = M.skeleton(cfg, model_path, tokenizer)
     counts = memory.model_counts(skeleton)
     seq_len = min(cfg.cutoff_len, max(stats.lengths))
-    estimate = memory.estimate(cfg, skeleton.config, counts, cfg.per_device_train_batch_size, seq_len)
+    def size(c: RunConfig):
+        return memory.estimate(c, skeleton.config, counts, c.per_device_train_batch_size, seq_len)
+
+    estimate = size(cfg)
     budget = memory.available(M.device())
     note = ""
     if cfg.gradient_checkpointing is None and estimate.total > budget:  # checkpointing where it pays
         checkpointed = dataclasses.replace(cfg, gradient_checkpointing=True)
-        lower = memory.estimate(checkpointed, skeleton.config, counts, cfg.per_device_train_batch_size, seq_len)
+        lower = size(checkpointed)
         if lower.total <= budget:
             note = f"; gradient checkpointing on to fit (without it ~{estimate.total / 2**20:,.0f} MiB)"
             cfg, estimate = checkpointed, lower
@@ -221,8 +224,8 @@ def check_run(cfg: RunConfig) -> None:
     problems += _deepspeed_problems(cfg.extra.get("deepspeed"))
     code = None if cfg.trust_remote_code else M.shipped_code(cfg.model_name_or_path)
     if code:
-        problems.append(f"model_name_or_path: {cfg.model_name_or_path} ships its own code ({code}), which ftkit "
-                        "does not run unless told; read it, then set trust_remote_code: true if you trust its source")
+        problems.append(f"model_name_or_path: {cfg.model_name_or_path} ships its own code ({code}), "
+                        + M.REMOTE_CODE_ADVICE)
     if cfg.fp16 and M.device() == "cpu":
         problems.append("fp16: needs a CUDA GPU and none is present; remove it to train in fp32 on this CPU")
     out = cfg.run_dir
