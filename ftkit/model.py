@@ -204,9 +204,13 @@ def match_vocab(model, tokenizer, mean_init: bool = True) -> None:
 
 
 def _unadapted(model, lora) -> list[str]:
-    """Requested linear names of which some layer is still a bare linear layer (peft wraps the ones it adapts)."""
+    """Requested linear names of which some layer is still a bare linear layer (peft wraps the ones it adapts, in a
+    layer whose class may share the bare one's name: peft's bnb `Linear4bit` wraps bitsandbytes' `Linear4bit`)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
     return sorted({full.rsplit(".", 1)[-1] for full, module in model.named_modules()
-                   if full.rsplit(".", 1)[-1] in lora.target_modules_requested and _is_linear(module)})
+                   if full.rsplit(".", 1)[-1] in lora.target_modules_requested and _is_linear(module)
+                   and not isinstance(module, BaseTunerLayer)})
 
 
 def packing_isolates(model) -> bool:

@@ -159,7 +159,6 @@ def train(config, callbacks=(), console: bool = True, should_stop=None) -> Run:
     model = M.make_trainable(model, cfg)
     out.mkdir(parents=True, exist_ok=True)
     main = int(os.environ.get("RANK", "0")) == 0  # with several processes, the first one writes and prints
-    initial = _save_initial_adapter(model, cfg, out) if main else None
     run = Run(cfg, out)
     subscribers = [run.record]
     if main:
@@ -174,6 +173,8 @@ def train(config, callbacks=(), console: bool = True, should_stop=None) -> Run:
             _clear_previous_run(out)
         (out / "metrics.jsonl").unlink(missing_ok=True)
         cfg.save(out / RUN_CONFIG)
+    # after the clearing above, which removes a previous run's lora_init: the final save reads this one back
+    initial = _save_initial_adapter(model, cfg, out) if main else None
     emit("begin", **p.summary(packed), note=_notes(cfg, model))
 
     resume = cfg.resume_from_checkpoint

@@ -92,3 +92,14 @@ def test_fa2_without_cuda_falls_back_and_says_so(workdir):
 def test_bad_lora_init_is_a_config_error():
     with pytest.raises(ConfigError, match="init_lora_weights: 'pisa'"):
         RunConfig.from_dict({"dataset": "demo", "init_lora_weights": "pisa"})
+
+
+@pytest.mark.parametrize("init", ["pissa_niter_4", "olora"])
+def test_base_changing_init_survives_overwrite_output_dir(workdir, init):
+    """The initial adapter (lora_init/) is read back at the final save: clearing a replaced run must not take it,
+    in a fresh folder or over a run of the same kind."""
+    for _ in range(2):
+        run = ftkit.train(base_config(workdir / "o", max_steps=2, init_lora_weights=init, overwrite_output_dir=True),
+                          console=False)
+        assert (run.adapter_dir / "adapter_model.safetensors").exists() and (workdir / "o" / "lora_init").is_dir()
+    assert merged_equals_trained(run)

@@ -39,11 +39,17 @@ def test_run_yaml_alone_reproduces_the_run(workdir):
 
 @pytest.mark.parametrize("bits, layer", [(4, "Linear4bit"), (8, "Linear8bitLt")])
 def test_qlora_learns_on_cpu(workdir, bits, layer):
+    from safetensors import safe_open
+
     run = ftkit.train(scored_config(workdir / f"q{bits}", quantization_bit=bits), console=False)
     assert eval_drop(run) > 0.3
     q_proj = run.model.base_model.model.model.layers[0].self_attn.q_proj
     assert type(q_proj.base_layer).__name__ == layer
-    assert (run.adapter_dir / "adapter_model.safetensors").exists()
+    with safe_open(run.adapter_dir / "adapter_model.safetensors", "pt") as f:
+        blocks = run.model.config.num_hidden_layers
+        assert len([k for k in f.keys() if "lora_" in k]) == 2 * 7 * blocks  # A and B on 7 linear layers a block
+    assert not run.metrics[0]["note"], "a dense model's adapter holds every layer: no MoE note"  # peft's wrapper
+    # of a 4-bit layer shares the bare layer's class name; it once read as "LoRA not applied"
 
 
 @pytest.mark.parametrize("method, extra", [("full", {}), ("freeze", {"freeze_trainable_layers": 1})])
