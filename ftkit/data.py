@@ -372,14 +372,7 @@ def encode_rows(conversations, tokenizer, template, cutoff_len: int, train_on_pr
     rows = []
     for r, ids, offsets in zip(rendered, enc["input_ids"], enc["offset_mapping"], strict=True):
         trained = [train_on_prompt or any(s < e_ and b < e for b, e_ in r.spans) for s, e in offsets]
-        cut = KEPT
-        if len(ids) > cutoff_len:
-            ends = [i + 1 for i in range(cutoff_len) if trained[i] and (i + 1 == len(ids) or not trained[i + 1])]
-            if ends and not train_on_prompt:
-                end, cut = ends[-1], CUT_TURNS  # keep whole answers
-            else:
-                end, cut = cutoff_len, CUT_ANSWER
-            ids, trained = ids[:end], trained[:end]
+        ids, trained, cut = truncate(ids, trained, cutoff_len, train_on_prompt)
         labels = [t if keep else IGNORE for t, keep in zip(ids, trained, strict=True)]
         if eot_ids:
             eot = any(label in eot_ids for label in labels)
@@ -389,6 +382,35 @@ def encode_rows(conversations, tokenizer, template, cutoff_len: int, train_on_pr
             ids, labels, cut = [], [], DROPPED
         rows.append({"input_ids": ids, "labels": labels, "cut": cut, "eot": eot})
     return rows
+
+
+def truncate(ids: list[int], trained: list[bool], cutoff_len: int, train_on_prompt: bool = False):
+    """(ids, trained, what the cut did) within cutoff_len: at the end of the last whole answer that fits, else
+    mid-answer."""
+    if len(ids) <= cutoff_len:
+        return ids, trained, KEPT
+    ends = [i + 1 for i in range(cutoff_len) if trained[i] and (i + 1 == len(ids) or not trained[i + 1])]
+    if ends and not train_on_prompt:
+        end, cut = ends[-1], CUT_TURNS  # keep whole answers
+    else:
+        end, cut = cutoff_len, CUT_ANSWER
+    return ids[:end], trained[:end], cut
+
+
+def token_pieces(tokenizer, ids: list[int]) -> list[tuple[str, int, int]]:
+    """The text of `ids` in pieces (text, first, end): one token each where a token decodes to whole characters,
+    several where byte-level BPE splits a character (a Chinese character or an emoji over 2-4 tokens, each of
+    which alone decodes to U+FFFD). Each piece is decoded after the piece before it, so SentencePiece's leading
+    spaces come out as in the whole text (the incremental detokenizing that streaming generation does)."""
+    pieces, first, context = [], 0, 0
+    for i in range(len(ids)):
+        before = tokenizer.decode(ids[context:first], skip_special_tokens=False)
+        text = tokenizer.decode(ids[context:i + 1], skip_special_tokens=False)
+        if text.endswith("\ufffd") and i + 1 < len(ids) and i + 1 - first < 4:
+            continue  # an incomplete character: wait for the tokens that finish it (at most 4 UTF-8 bytes)
+        pieces.append((text[len(before):], first, i + 1))
+        context, first = first, i + 1
+    return pieces
 
 
 def collect(rows: list[dict]) -> tuple[list[dict], Stats]:
@@ -489,14 +511,21 @@ class Prepared:
     sources: list[Source]
 
 
-def prepare(cfg, tokenizer, template) -> Prepared:
-    """Load every dataset of a run config, split, tokenize; refuses unusable data."""
+def dataset_rows(cfg, tokenizer, template, cutoff_len: int) -> tuple[list[dict], list[Source]]:
+    """Every dataset of a run config tokenized (one row per conversation, in file order, max_samples a file),
+    tokenized once per file and cached."""
     sources = [resolve_dataset(n, cfg.dataset_dir) for n in cfg.datasets]
-    rows = []  # one per conversation, in file order: tokenized once per file and cached
+    rows = []
     for src in sources:
         fmt = cfg.formatting if cfg.formatting != "auto" else src.formatting
-        part = encoded_source(src, fmt, tokenizer, template, cfg.cutoff_len, cfg.train_on_prompt)
+        part = encoded_source(src, fmt, tokenizer, template, cutoff_len, cfg.train_on_prompt)
         rows += part[: cfg.max_samples] if cfg.max_samples else part
+    return rows, sources
+
+
+def prepare(cfg, tokenizer, template) -> Prepared:
+    """Load every dataset of a run config, split, tokenize; refuses unusable data."""
+    rows, sources = dataset_rows(cfg, tokenizer, template, cfg.cutoff_len)
     random.Random(cfg.seed).shuffle(rows)
     n_eval = int(cfg.val_size) if cfg.val_size >= 1 else round(len(rows) * cfg.val_size)
     if n_eval >= len(rows):

@@ -333,7 +333,7 @@ def _trainer(model, tokenizer, p: Plan, emit, run, packed: bool, should_stop=Non
     from transformers import PrinterCallback, ProgressCallback
 
     bridge = EventBridge(emit, run, should_stop, Previewer(p, tokenizer))
-    trainer = AtomicCheckpointTrainer(model=model, args=p.args, data_collator=Collator(tokenizer.pad_token_id, packed),
+    trainer = AtomicCheckpointTrainer(model=model, args=p.args, data_collator=collator(tokenizer, packed),
                                       train_dataset=p.data.train, eval_dataset=p.data.eval or None,
                                       processing_class=tokenizer, callbacks=[bridge])
     for cb in (PrinterCallback, ProgressCallback):  # ftkit's own subscribers show progress
@@ -403,32 +403,16 @@ def _forward_takes_logits_to_keep(cls) -> bool:  # asked every step: inspect eac
     return "logits_to_keep" in inspect.signature(cls.forward).parameters
 
 
-class Collator:
-    """Batches examples. Padded: right-pad input_ids with pad and labels with -100, plus an attention mask.
-    Packed (padding-free): one row holding the batch's examples end to end, position_ids restarting at each, no
-    attention mask, so transformers builds a block-diagonal causal mask: same examples and loss, no padding."""
+def collator(tokenizer, packed: bool = False):
+    """transformers' collators. Packed (padding-free): one row holding the batch's examples end to end,
+    position_ids restarting at each, no attention mask, so transformers builds a block-diagonal causal mask: same
+    examples and loss, no padding; -100 on each example's first label, so no token is predicted across examples.
+    Padded: right-padded input_ids, labels padded with -100, an attention mask."""
+    from transformers import DataCollatorForSeq2Seq, DataCollatorWithFlattening
 
-    def __init__(self, pad_id: int, packed: bool = False):
-        self.pad_id, self.packed = pad_id, packed
-
-    def __call__(self, batch: list[dict]) -> dict:
-        import torch
-
-        if self.packed:
-            labels = [l for b in batch for l in [-100] + b["labels"][1:]]  # never predict across examples
-            return {"input_ids": torch.tensor([[t for b in batch for t in b["input_ids"]]]),
-                    "labels": torch.tensor([labels]),
-                    "position_ids": torch.tensor([[i for b in batch for i in range(len(b["input_ids"]))]])}
-        n = max(len(b["input_ids"]) for b in batch)
-        ids = torch.full((len(batch), n), self.pad_id, dtype=torch.long)
-        labels = torch.full((len(batch), n), -100, dtype=torch.long)
-        mask = torch.zeros((len(batch), n), dtype=torch.long)
-        for i, b in enumerate(batch):
-            k = len(b["input_ids"])
-            ids[i, :k] = torch.tensor(b["input_ids"])
-            labels[i, :k] = torch.tensor(b["labels"])
-            mask[i, :k] = 1
-        return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+    if packed:
+        return DataCollatorWithFlattening(return_position_ids=True, separator_id=-100)
+    return DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
 
 
 class EventBridge(TrainerCallback):

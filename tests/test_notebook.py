@@ -355,6 +355,21 @@ def test_preview_marks_trained_tokens_and_counts_long_examples(ip):
         ip.run_line_magic("ftkit", "")
 
 
+def test_preview_shows_chinese_and_emoji_whole(tmp_path, tiny_tokenizer):
+    """tiny's tokenizer is byte-level BPE: rare characters and emoji split over tokens that alone decode to U+FFFD."""
+    import json
+
+    answer = "饕餮是传说中的怪兽🐉，贪吃。"
+    record = {"conversation": [{"role": "user", "content": "饕餮是什么？😀"}, {"role": "assistant", "content": answer}]}
+    (tmp_path / "zh.json").write_text(json.dumps([record], ensure_ascii=False), encoding="utf-8")
+    assert "\ufffd" in tiny_tokenizer.decode(tiny_tokenizer.encode("饕")[:1]), "the case this test is about"
+    (example,) = ftkit.preview(str(tmp_path / "zh.json"), n=1).examples
+    texts = [t for t, _ in example]
+    assert not any("\ufffd" in t for t in texts) and "饕" in texts and "🐉" in texts
+    assert "".join(t for t, trained in example if trained) == answer + "<|im_end|>\n"
+    assert "".join(texts) == tiny_tokenizer.apply_chat_template(record["conversation"], tokenize=False)
+
+
 @pytest.mark.slow
 def test_chat_streams_keeps_history_merge_and_compare(ip):
     run = run_cell(ip, "finetune --inline --name tuned", cell("out/t", max_steps=20))

@@ -6,7 +6,7 @@ import ftkit
 from conftest import DATA, base_config
 from ftkit.data import encode, load_conversations
 from ftkit.templates import get_template
-from ftkit.train import Collator
+from ftkit.train import collator
 
 
 def test_each_packed_example_scores_as_if_alone(tiny_tokenizer):
@@ -17,7 +17,7 @@ def test_each_packed_example_scores_as_if_alone(tiny_tokenizer):
     model = AutoModelForCausalLM.from_pretrained(resolve("tiny")).eval()
     examples, _ = encode(load_conversations(DATA / "demo_zh_en.json")[:6], tiny_tokenizer,
                          get_template("auto", tiny_tokenizer), 256)
-    batch = Collator(tiny_tokenizer.pad_token_id, packed=True)(examples)
+    batch = collator(tiny_tokenizer, packed=True)(examples)
     assert batch["input_ids"].shape == (1, sum(len(e["input_ids"]) for e in examples)) and "attention_mask" not in batch
 
     def per_token(logits, labels):
@@ -63,7 +63,7 @@ def _scores_apart(model, tokenizer, n=5):
     """Per-token losses of n demo examples packed in one row, and each alone."""
     examples, _ = encode(load_conversations(DATA / "demo_zh_en.json")[:n], tokenizer,
                          get_template("chatml", tokenizer), 256)
-    batch = Collator(tokenizer.pad_token_id, packed=True)(examples)
+    batch = collator(tokenizer, packed=True)(examples)
 
     def per_token(logits, labels):
         return torch.nn.functional.cross_entropy(logits[0, :-1].float(), labels[0, 1:], reduction="none",

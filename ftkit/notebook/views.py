@@ -19,7 +19,8 @@ TOKEN_STYLE = "border-right:1px solid #fff;padding:0 1px;white-space:pre-wrap;fo
 class Preview:
     """Examples as tokenized and labelled for training, plus length statistics against cutoff_len."""
 
-    examples: list[list[tuple[str, bool]]]  # per example: (token text, trained)
+    examples: list[list[tuple[str, bool]]]  # per example: (text of a token, or of the few tokens a character
+                                            # is split over; trained)
     lengths: list[int]                      # tokens per example before cutoff
     cutoff_len: int
     template: str
@@ -95,16 +96,16 @@ def preview(dataset, template: str = "auto", model: str = "tiny", n: int = 3, **
     path = M.resolve(cfg.model_name_or_path)
     tokenizer = M.load_tokenizer(path, cfg.tokenizer_name_or_path, cfg.trust_remote_code, cfg.added_tokens)
     tmpl = templates.get_template(cfg.template, tokenizer, M.model_type(path))
-    convs = []
-    for name in cfg.datasets:
-        src = data.resolve_dataset(name, cfg.dataset_dir)
-        part = data.load_conversations(src.path, cfg.formatting if cfg.formatting != "auto" else src.formatting,
-                                       src.columns)
-        convs += part[: cfg.max_samples] if cfg.max_samples else part
-    _, whole = data.encode(convs, tokenizer, tmpl, 10**9, cfg.train_on_prompt)  # lengths before the cutoff
-    shown, _ = data.encode(convs[:n], tokenizer, tmpl, cfg.cutoff_len, cfg.train_on_prompt)
-    examples = [[(tokenizer.decode([i]), label != IGNORE) for i, label in zip(ex["input_ids"], ex["labels"])]
-                for ex in shown]
+    rows, _ = data.dataset_rows(cfg, tokenizer, tmpl, 10**9)  # whole examples: lengths before the cutoff
+    _, whole = data.collect(rows)
+    examples = []
+    for row in rows:
+        trained = [cfg.train_on_prompt or label != IGNORE for label in row["labels"]]
+        ids, trained, _ = data.truncate(row["input_ids"], trained, cfg.cutoff_len, cfg.train_on_prompt)
+        if any(trained):  # as training sees it: an example with no answer token left is dropped
+            examples.append([(text, any(trained[a:b])) for text, a, b in data.token_pieces(tokenizer, ids)])
+        if len(examples) == n:
+            break
     return Preview(examples, whole.lengths, cfg.cutoff_len, tmpl.name, whole.trained_tokens / max(whole.tokens, 1),
                    whole.eot_trained)
 
