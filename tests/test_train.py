@@ -378,7 +378,9 @@ def test_preview_answers_arrive_and_leave_training_unchanged(workdir, bits):
 
 
 @pytest.mark.parametrize("signals", [1, 2])
-def test_first_interrupt_finishes_the_step_a_second_stops_at_once(workdir, signals):
+@pytest.mark.parametrize("before", ["default", "ignored"])
+def test_first_interrupt_finishes_the_step_a_second_stops_at_once(workdir, signals, before):
+    """`before`: the handler the process had; a process started in the background (`nohup ... &`) ignores SIGINT."""
     import os
     import signal
 
@@ -387,10 +389,15 @@ def test_first_interrupt_finishes_the_step_a_second_stops_at_once(workdir, signa
             for _ in range(signals):  # like Ctrl-C, or a notebook kernel's interrupt
                 os.kill(os.getpid(), signal.SIGINT)
 
-    run = ftkit.train(base_config(f"out/sig{signals}", max_steps=50), callbacks=[interrupt], console=False)
-    assert run.stopped and run.losses[-1][0] == 2 and run.metrics[-1]["step"] == 2
-    assert (run.adapter_dir / "adapter_model.safetensors").exists()
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler if before == "default" else signal.SIG_IGN)
+    try:
+        run = ftkit.train(base_config(f"out/sig{signals}", max_steps=50), callbacks=[interrupt], console=False)
+        assert run.stopped and run.losses[-1][0] == 2 and run.metrics[-1]["step"] == 2
+        assert (run.adapter_dir / "adapter_model.safetensors").exists()
+        expected = signal.default_int_handler if before == "default" else signal.SIG_IGN
+        assert signal.getsignal(signal.SIGINT) is expected  # the handler that was there is put back
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 @pytest.mark.slow
