@@ -2,7 +2,7 @@
 
     python bench/_notebook.py CONFIG.json ROUNDS   (prints JSON: seconds per round, cold and warm)
 
-A cold launch starts `python -m ftkit.launch`, which imports the engine; with `keep_warm()` (what `%load_ext ftkit`
+A cold launch starts `python -m ftkit.launching`, which imports the engine; with `keep_warm()` (what `%load_ext ftkit`
 turns on) a child started ahead has done that while the notebook was busy elsewhere: here, until its CPU time
 stops growing. The time runs from the call to the arrival of the first `step` event, so it includes the first
 step itself (the processes' own first-step times in compare.py stop at its start).
@@ -16,9 +16,7 @@ import time
 import psutil
 
 import ftkit
-import ftkit.launch  # noqa: F401  (the module; `ftkit.launch` is the function)
-
-launch = sys.modules["ftkit.launch"]
+from ftkit import launching as launch
 
 
 def to_first_step(cfg: dict) -> float:

@@ -49,7 +49,7 @@ def patch_trainer(record: dict) -> None:
 def run_ftkit(cfg: dict, record: dict) -> str:
     import ftkit
     from ftkit.config import RunConfig
-    from ftkit.files import start_own_process
+    from ftkit.process import start_own_process
 
     start_own_process(RunConfig.from_dict(cfg))  # what `ftkit train` does first (cli.cmd_train)
     patch_trainer(record)
@@ -112,8 +112,8 @@ def main() -> None:
     record["adapter_dir"] = {"ftkit": run_ftkit, "llamafactory": run_llamafactory, "hf": run_hf}[tool](cfg, record)
     with open(result_path, "w") as f:
         json.dump(record, f)
-    if tool == "ftkit":  # end the way `ftkit train` ends (ftkit.files.exit_now); the others end as their CLIs do
-        from ftkit.files import exit_now
+    if tool == "ftkit":  # end the way `ftkit train` ends (ftkit.process.exit_now); the others end as their CLIs do
+        from ftkit.process import exit_now
 
         exit_now(0)
 

@@ -1,12 +1,12 @@
 """ftkit: fine-tune causal LLMs with LoRA and QLoRA from a notebook, a script or the command line.
 
-`import ftkit` is light: torch and transformers load on first use.
+`import ftkit` is light: torch and transformers load on first use. The functions here are the Python API; the
+engine's modules have names of their own (ftkit.training, ftkit.merging, ftkit.generation, ftkit.launching, ...),
+so `import ftkit.training` never changes what `ftkit.train` is.
 """
 from __future__ import annotations
 
 import logging
-import sys
-import types
 
 __version__ = "0.1.0"
 # bitsandbytes warns at import that an optional CPU kernel package is missing; it changes nothing here
@@ -19,35 +19,35 @@ from ftkit.errors import ConfigError, DataError, FtkitError, ModelError  # noqa:
 def train(config, callbacks=(), console: bool = True, should_stop=None):
     """Fine-tune in this process; `config` is a RunConfig, a dict or a YAML path. Returns a Run.
     A callback returning "stop", `should_stop()` turning true or Ctrl-C ends it after the step, saved."""
-    from ftkit.train import train as _train
+    from ftkit.training import train as _train
 
     return _train(config, callbacks=callbacks, console=console, should_stop=should_stop)
 
 
 def launch(config, callbacks=(), nproc: int = 1, background: bool = False):
     """The same run in a child process (`accelerate launch` for nproc > 1), its events relayed to `callbacks`."""
-    from ftkit.launch import launch as _launch
+    from ftkit.launching import launch as _launch
 
     return _launch(config, callbacks=callbacks, nproc=nproc, background=background)
 
 
 def plan(config):
     """Check and size a run without loading weights (what `--dry-run` prints); see Plan.summary()."""
-    from ftkit.train import plan as _plan
+    from ftkit.planning import plan as _plan
 
     return _plan(config)
 
 
 def merge(adapter_dir, out=None, **kw):
     """Fold a LoRA adapter into its base model; returns the merged folder."""
-    from ftkit.merge import merge as _merge
+    from ftkit.merging import merge as _merge
 
     return _merge(adapter_dir, out=out, **kw)
 
 
 def generate(model, prompt, adapter=None, template=None, max_new_tokens: int = 256, **sampling) -> str:
     """One answer from a model folder (or `tiny`, or a Run), optionally with an adapter."""
-    from ftkit.generate import generate as _generate
+    from ftkit.generation import generate as _generate
 
     return _generate(model, prompt, adapter=adapter, template=template, max_new_tokens=max_new_tokens, **sampling)
 
@@ -95,17 +95,6 @@ def unload_ipython_extension(ip) -> None:
 
     unload(ip)
 
-
-class _Package(types.ModuleType):
-    """Keeps `ftkit.train` & co. the API functions after their modules (ftkit/train.py ...) are imported."""
-
-    def __setattr__(self, name, value):
-        if isinstance(value, types.ModuleType) and callable(self.__dict__.get(name)):
-            return  # the import system binds submodules on the package; the function keeps the name
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
 
 __all__ = ["RunConfig", "ConfigError", "DataError", "FtkitError", "ModelError",
            "train", "launch", "plan", "merge", "generate", "convert", "preview", "compare", "panel", "runs",

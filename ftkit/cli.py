@@ -10,20 +10,19 @@ from ftkit.errors import ConfigError, FtkitError
 
 
 def parse_with_yaml(p: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
-    """Flags, optionally after a YAML file whose keys are the same options (examples/merge.yaml)."""
-    if argv and argv[0].endswith((".yaml", ".yml")):
-        from ftkit.config import read_yaml
+    """Flags, optionally after a YAML file whose keys are the same options (examples/merge.yaml): the file's keys
+    are read as flags placed before the command line's, so the command line wins and argparse checks both."""
+    if not (argv and argv[0].endswith((".yaml", ".yml"))):
+        return p.parse_args(argv)
+    from ftkit.config import read_yaml
 
-        values = read_yaml(Path(argv[0]))
-        dests = {a.dest for a in p._actions} - {"help"}
-        unknown = sorted(set(values) - dests)
-        if unknown:
-            raise ConfigError(f"{argv[0]}: unknown key(s) {', '.join(unknown)}; expected {', '.join(sorted(dests))}")
-        p.set_defaults(**values)
-        for action in p._actions:
-            action.required = action.required and action.dest not in values
-        argv = argv[1:]
-    return p.parse_args(argv)
+    flags = [f"--{key}={value}" for key, value in read_yaml(Path(argv[0])).items()]
+    args, unknown = p.parse_known_args(flags + argv[1:])
+    if unknown:
+        keys = ", ".join(f.split("=", 1)[0].lstrip("-") for f in unknown if f.startswith("-"))
+        raise ConfigError(f"{argv[0]}: unknown key(s) {keys}; `{' '.join(p.prog.split()[:2])} --help` lists the "
+                          "keys it takes")
+    return args
 
 
 def cmd_train(argv: list[str]) -> int:
@@ -65,7 +64,7 @@ def cmd_train(argv: list[str]) -> int:
         run = ftkit.launch(cfg, callbacks=[ConsoleProgress()], nproc=nproc)
     else:
         if OWN_PROCESS:
-            from ftkit.files import start_own_process
+            from ftkit.process import start_own_process
 
             start_own_process(cfg)
         run = ftkit.train(cfg)
@@ -88,7 +87,7 @@ def cmd_merge(argv: list[str]) -> int:
 
 def cmd_chat(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="ftkit chat [INFERENCE.yaml]", description="Talk to a model: one answer, or a REPL.")
-    p.add_argument("--model", help="model folder (a merged run, a base model, or tiny)")
+    p.add_argument("--model", help="model folder, run folder (any kind of run), hub name, or tiny")
     p.add_argument("--onnx", help="an `ftkit export-onnx` folder, run with onnxruntime")
     p.add_argument("--adapter", help="LoRA adapter folder (or run folder) to apply")
     p.add_argument("--prompt", help="answer this once and exit (default: interactive)")
@@ -101,7 +100,11 @@ def cmd_chat(argv: list[str]) -> int:
     if not (a.model or a.onnx):
         p.error("give --model DIR or --onnx DIR")
     a.model = a.onnx or a.model
-    from ftkit.generate import generate
+    from ftkit.generation import generate, where
+    from ftkit.model import resolve
+
+    model, _ = where(a.model, a.adapter)  # a run folder, a model folder, an adapter folder
+    resolve(model, key="--onnx" if a.onnx else "--model")
 
     sampling = {"temperature": a.temperature} if a.temperature > 0 else {}
     if a.top_p is not None:
@@ -175,11 +178,13 @@ def cmd_demo(argv: list[str]) -> int:
 
 def cmd_export_onnx(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="ftkit export-onnx", description="Export a (merged) model for onnxruntime.")
-    p.add_argument("--model", required=True, help="model folder, e.g. outputs/<run>/merged")
+    p.add_argument("--model", required=True, help="model folder or run folder (a LoRA run once merged)")
     p.add_argument("--out", required=True, help="folder for model.onnx, its weights and the tokenizer")
     a = p.parse_args(argv)
     from ftkit.export import export_onnx
+    from ftkit.model import resolve
 
+    resolve(a.model, key="--model")
     export_onnx(a.model, a.out)
     return 0
 
@@ -223,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def entry() -> None:
     """The `ftkit` console script: main() in a process of its own, then a quick exit (see files.exit_now)."""
-    from ftkit.files import exit_now
+    from ftkit.process import exit_now
 
     global OWN_PROCESS
     OWN_PROCESS = True

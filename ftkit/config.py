@@ -320,11 +320,16 @@ def _names(value) -> list[str]:
 
 
 def training_argument_names() -> set[str]:
-    """TrainingArguments fields that may pass through (imports transformers only when needed)."""
-    from transformers import TrainingArguments
+    """TrainingArguments fields that may pass through, known without importing torch where possible."""
+    from ftkit.internals import training_argument_fields
 
+    names = training_argument_fields()
+    if names is None:
+        from transformers import TrainingArguments
+
+        names = {f.name for f in dataclasses.fields(TrainingArguments) if f.init}
     own = set(RunConfig.fields()) | {"warmup_steps", "output_dir", "do_train", "do_eval", "local_rank"}
-    return {f.name for f in dataclasses.fields(TrainingArguments) if f.init} - own
+    return names - own
 
 
 def _unknown(key: str, valid: list[str]) -> str:

@@ -16,7 +16,7 @@ DEMO_CONFIG = dict(
 def demo(out: str = "outputs/demo", epochs: float | None = None) -> dict:
     """Train, merge, and print base and fine-tuned answers side by side; returns the figures."""
     import ftkit
-    from ftkit.generate import generate
+    from ftkit.generation import generate
 
     t0 = time.time()
     before = {p: generate("tiny", p, max_new_tokens=40) for p in PROMPTS}

@@ -15,7 +15,7 @@ current step (a Stop button does this); what was trained is saved.
     sample {step, samples: [{prompt, answer}]}   (when the config lists preview_prompts)
     save   {step, path}
     end    {step, train_loss, runtime_s, output_dir, adapter_dir, stopped}
-    error  {error, message}   (a run in a child process failed: see ftkit.launch)
+    error  {error, message}   (a run in a child process failed: see ftkit.launching)
 """
 from __future__ import annotations
 

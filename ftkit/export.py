@@ -4,8 +4,8 @@
 and sequence length, writes `model.onnx` (weights in `model.onnx.data`) beside
 the tokenizer, chat template and run config, then checks on a left-padded probe
 batch that onnxruntime's logits equal PyTorch's (else it fails and keeps
-nothing). `OnnxLM` generates from such a folder; it recomputes the whole
-sequence each step (no KV cache), which is fine for short answers of small models.
+nothing). `ftkit.generate` and `ftkit chat --onnx` answer from such a folder
+(generation.OnnxLM).
 """
 from __future__ import annotations
 
@@ -16,29 +16,17 @@ from pathlib import Path
 
 from ftkit.config import ADAPTER_CONFIG
 from ftkit.errors import ModelError
-from ftkit.files import partial_dir, replace_dir
-
-ONNX_FILE = "model.onnx"
-
-
-def _require_onnx():
-    try:
-        import onnxruntime  # noqa: F401
-        import onnxscript  # noqa: F401
-    except ImportError:
-        raise ModelError("ONNX export needs onnx, onnxscript and onnxruntime: pip install 'ftkit[onnx]'") from None
+from ftkit.folders import partial_dir, replace_dir
+from ftkit.generation import ONNX_FILE, OnnxLM, require_onnx
+from ftkit.model import quiet
 
 
-def is_onnx_folder(path) -> bool:
-    return (Path(path) / ONNX_FILE).exists()
-
-
+@quiet()
 def export_onnx(model_dir: str | Path, out: str | Path, tolerance: float = 1e-4, console: bool = True) -> Path:
     """Export and verify; returns the output folder."""
-    _require_onnx()
+    require_onnx()
     from ftkit import model as M
 
-    M.quiet()
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -116,48 +104,3 @@ def _check(wrapped, folder: Path, vocab: int) -> float:
         want = wrapped(ids, mask).numpy()
     keep = mask.numpy().astype(bool)
     return float(np.abs(got - want)[keep].max())
-
-
-class OnnxLM:
-    """Greedy or sampled generation with onnxruntime from an exported folder."""
-
-    def __init__(self, folder: str | Path):
-        _require_onnx()
-        self.folder = Path(folder)
-        self.session_ = self.session(self.folder)
-
-    @staticmethod
-    def session(folder: Path):
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        return ort.InferenceSession(str(Path(folder) / ONNX_FILE), options, providers=["CPUExecutionProvider"])
-
-    def generate(self, input_ids: list[int], max_new_tokens: int, stop_ids: list[int], temperature: float = 0.0,
-                 top_p: float = 1.0, seed: int | None = None) -> list[int]:
-        import numpy as np
-
-        rng = np.random.default_rng(seed)
-        ids = list(input_ids)
-        new: list[int] = []
-        for _ in range(max_new_tokens):
-            x = np.array([ids], dtype=np.int64)
-            logits = self.session_.run(None, {"input_ids": x, "attention_mask": np.ones_like(x)})[0][0, -1]
-            token = int(logits.argmax()) if temperature <= 0 else _sample(logits, temperature, top_p, rng)
-            if token in stop_ids:
-                break
-            ids.append(token)
-            new.append(token)
-        return new
-
-
-def _sample(logits, temperature: float, top_p: float, rng) -> int:
-    import numpy as np
-
-    z = logits.astype(np.float64) / temperature
-    p = np.exp(z - z.max())
-    p /= p.sum()
-    order = np.argsort(-p)
-    keep = order[: int(np.searchsorted(np.cumsum(p[order]), top_p) + 1)]
-    return int(rng.choice(keep, p=p[keep] / p[keep].sum()))

@@ -1,41 +1,68 @@
 """Model: resolve, load (optionally quantized), and make trainable (LoRA, full, freeze)."""
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 from pathlib import Path
 
 from ftkit.errors import ConfigError, ModelError
+from ftkit.internals import attn_implementation, keep_bnb_trainable_layout
 
 
-def quiet() -> None:
-    """Silence start-up chatter that says nothing to a user (progress bars, optional-kernel notices)."""
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*deprecated")  # peft calls it
-    # bitsandbytes 8-bit on fp32 inputs logs the (expected) cast on every matmul
+@contextlib.contextmanager
+def quiet():
+    """Silence start-up chatter that says nothing to a user (progress bars, optional-kernel notices) while the block
+    (or decorated function) runs; the process's own settings (a notebook kernel's logging) come back after it."""
     import logging
 
-    logging.getLogger("bitsandbytes.autograd._functions").setLevel(logging.ERROR)
     import transformers
 
-    transformers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.set_verbosity_error()
+    hf = transformers.utils.logging
+    verbosity, bars = hf.get_verbosity(), hf.is_progress_bar_enabled()
+    bnb = logging.getLogger("bitsandbytes.autograd._functions")  # 8-bit on fp32 inputs logs the (expected) cast on
+    bnb_level = bnb.level                                          # every matmul
+    parallelism = os.environ.get("TOKENIZERS_PARALLELISM")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    hf.disable_progress_bar()
+    hf.set_verbosity_error()
+    bnb.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*deprecated")  # peft calls it
+            yield
+    finally:
+        hf.set_verbosity(verbosity)
+        if bars:
+            hf.enable_progress_bar()
+        bnb.setLevel(bnb_level)
+        if parallelism is None:
+            os.environ.pop("TOKENIZERS_PARALLELISM", None)
 
 
-def resolve(name_or_path: str) -> str:
-    """`tiny` -> the embedded model; a folder must hold config.json; anything else is a hub name."""
+def resolve(name_or_path: str, key: str = "model_name_or_path") -> str:
+    """`tiny` -> the embedded model; a folder must hold a model (config.json), or be a run folder: a full or freeze
+    run gives its model/, a LoRA run its merged/; anything else is a hub name. `key` names the setting in errors."""
     if name_or_path == "tiny":
         from ftkit import tiny
 
         return str(tiny.path())
     p = Path(name_or_path).expanduser()
     if p.is_dir():
-        if not (p / "config.json").exists():
-            raise ModelError(f"{p}: not a model folder (no config.json); point model_name_or_path at the folder "
-                             "that holds config.json and the weights, or use a merged model folder")
-        return str(p)
+        from ftkit.folders import model_and_adapter
+
+        located = model_and_adapter(p)
+        if located and not located[1]:
+            return located[0]
+        if located and (p / "merged" / "config.json").exists():
+            return str(p / "merged")
+        if located:
+            raise ModelError(f"{p}: a LoRA run or adapter (it applies to {located[0]}); merge it first (ftkit merge "
+                             f"--adapter {p}) and give {key} the merged folder, or use {located[0]} with the adapter")
+        raise ModelError(f"{p}: not a model folder (no config.json); point {key} at the folder that holds "
+                         "config.json and the weights, a run's output_dir, or a merged model folder")
     if p.exists() or name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
-        raise ModelError(f"{name_or_path}: no such model folder")
+        raise ModelError(f"{name_or_path}: no such model folder ({key})")
     return name_or_path  # a Hugging Face hub name
 
 
@@ -68,10 +95,9 @@ def compute_dtype(cfg):
 
 def load_tokenizer(model_path: str, tokenizer_path: str | None = None, trust_remote_code: bool = False,
                    new_tokens: list[str] = ()):
-    quiet()
     from transformers import AutoTokenizer
 
-    where = resolve(tokenizer_path) if tokenizer_path else model_path
+    where = resolve(tokenizer_path, key="tokenizer_name_or_path") if tokenizer_path else model_path
     try:
         tok = AutoTokenizer.from_pretrained(where, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
@@ -102,7 +128,6 @@ def attention_impl(choice: str) -> tuple[str | None, str | None]:
 
 def load_model(cfg, model_path: str):
     """The base model to train, in the precision and quantization the config asks for."""
-    quiet()
     import torch
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
@@ -128,13 +153,7 @@ def load_model(cfg, model_path: str):
     except (OSError, ValueError) as e:
         raise _load_error(model_path, e) from None
     model.config.use_cache = False  # training: no KV cache (and packed rows need it off)
-    for module in model.modules():
-        # bitsandbytes 0.50 repacks 4-bit weights for CPU inference on the first no-grad forward in eval mode (an
-        # evaluation), and after that its backward drops the input gradient: LoRA layers below then learn from
-        # wrong gradients. Training keeps the trainable layout.
-        if hasattr(module, "support_avx512bf16_for_cpu"):
-            module.support_avx512bf16_for_cpu = False
-    model.ftkit_attention_note = note
+    keep_bnb_trainable_layout(model)  # else an evaluation breaks the backward of 4-bit layers on a CPU
     return model
 
 
@@ -189,7 +208,6 @@ def lora_config(model, cfg):
                         fan_in_fan_out=any(linear[m] == "Conv1D" for m in modules), use_dora=cfg.use_dora,
                         use_rslora=cfg.use_rslora, init_lora_weights=cfg.lora_init,
                         modules_to_save=list(dict.fromkeys(save)) or None, ensure_weight_tying=bool(save))
-    config.target_modules_requested = set(modules)  # peft may rewrite target_modules (MoE name conversion)
     return config
 
 
@@ -203,13 +221,13 @@ def match_vocab(model, tokenizer, mean_init: bool = True) -> None:
         model.resize_token_embeddings(len(tokenizer), mean_resizing=mean_init)
 
 
-def _unadapted(model, lora) -> list[str]:
+def _unadapted(model, requested: set[str]) -> list[str]:
     """Requested linear names of which some layer is still a bare linear layer (peft wraps the ones it adapts, in a
     layer whose class may share the bare one's name: peft's bnb `Linear4bit` wraps bitsandbytes' `Linear4bit`)."""
     from peft.tuners.tuners_utils import BaseTunerLayer
 
     return sorted({full.rsplit(".", 1)[-1] for full, module in model.named_modules()
-                   if full.rsplit(".", 1)[-1] in lora.target_modules_requested and _is_linear(module)
+                   if full.rsplit(".", 1)[-1] in requested and _is_linear(module)
                    and not isinstance(module, BaseTunerLayer)})
 
 
@@ -267,7 +285,7 @@ def use_packed_attention(model, max_len: int) -> bool:
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
     window = getattr(model.config, "sliding_window", None)
-    if device() != "cpu" or getattr(model.config, "_attn_implementation", None) != "sdpa" or \
+    if device() != "cpu" or attn_implementation(model) != "sdpa" or \
             (window is not None and window < max_len):
         return False
     AttentionInterface.register(PACKED_ATTENTION, _packed_sdpa)
@@ -280,7 +298,7 @@ def use_packed_attention(model, max_len: int) -> bool:
         try:
             model.set_attn_implementation(PACKED_ATTENTION)
             mine = model(input_ids=row, position_ids=positions, use_cache=False).logits.float()
-            same = model.config._attn_implementation == PACKED_ATTENTION and \
+            same = attn_implementation(model) == PACKED_ATTENTION and \
                 bool((mine - reference).abs().max() <= 1e-4 * reference.abs().max().clamp(min=1.0))
         except Exception:  # noqa: BLE001 - an architecture that cannot take it keeps sdpa
             same = False
@@ -303,22 +321,24 @@ def decoder_layers(model):
     return layers
 
 
-def make_trainable(model, cfg):
-    """Apply the fine-tuning method; returns the model to train."""
+def make_trainable(model, cfg, notes: list[str] | None = None):
+    """Apply the fine-tuning method; returns the model to train. What a user should know about it (LoRA that
+    could not go where asked) is added to `notes`."""
     import torch
 
     if cfg.finetuning_type == "lora":
         from peft import get_peft_model, prepare_model_for_kbit_training
 
         lora = lora_config(model, cfg)
+        requested = set(lora.target_modules or ())  # peft may rewrite target_modules (MoE name conversion)
         if cfg.quantization_bit:
             model = prepare_model_for_kbit_training(
                 model, use_gradient_checkpointing=bool(cfg.gradient_checkpointing),
                 gradient_checkpointing_kwargs={"use_reentrant": False})
         model = get_peft_model(model, lora)
-        skipped = _unadapted(model, lora)
-        if skipped:  # peft maps v4 expert names onto transformers 5's fused experts, and dense layers sharing them
-            model.ftkit_lora_note = (f"LoRA not applied to {', '.join(skipped)} (peft reads these names as the fused "
+        skipped = _unadapted(model, requested)
+        if skipped and notes is not None:  # peft maps v4 expert names onto transformers 5's fused experts, and
+            notes.append(f"LoRA not applied to {', '.join(skipped)} (peft reads these names as the fused "
                                      "expert weights on this MoE model); attention and experts are adapted")
     elif cfg.finetuning_type == "freeze":
         layers = decoder_layers(model)

@@ -62,8 +62,17 @@ converted = read_records(WORK / "alpaca_converted.json")
 print(n, "records;", json.dumps(converted[0], ensure_ascii=False)[:300])
 assert n == len(converted) and detect_format(converted[0]) == "conversation"
 """),
+("markdown", """
+The same from a shell cell. `{sys.executable} -m ftkit` is the `ftkit` command of this kernel's Python: a bare
+`!ftkit` runs whichever `ftkit` comes first on the shell's PATH, which may be another install, or none when the
+kernel runs in a virtual environment that was never activated.
+
+在笔记本里调用命令行时用 `{sys.executable} -m ftkit`，保证用的是当前内核所在环境里的 ftkit。
+"""),
 ("code", """
-!ftkit convert --input ../data/formats/sharegpt.json --output outputs/data/sharegpt_converted.json --from sharegpt
+import sys
+
+!{sys.executable} -m ftkit convert --input ../data/formats/sharegpt.json --output outputs/data/sharegpt_converted.json --from sharegpt
 assert detect_format(read_records(WORK / "sharegpt_converted.json")[0]) == "conversation"
 """),
 ("markdown", """

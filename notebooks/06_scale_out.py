@@ -111,7 +111,7 @@ ftkit checks them before starting (the file exists, is valid JSON, the ZeRO stag
 from pathlib import Path
 
 from ftkit.config import RunConfig
-from ftkit.train import check_run
+from ftkit.planning import check_run
 
 ds = Path("../examples/deepspeed/ds_z3_config.json")
 print(ds.read_text()[:300], "...")

@@ -41,7 +41,8 @@ def test_architecture_lora_merge_generate(model_type, tmp_path, tiny_tokenizer):
         reference = PeftModel.from_pretrained(base, run.adapter_dir).eval()(input_ids=ids).logits
         got = AutoModelForCausalLM.from_pretrained(merged).eval()(input_ids=ids).logits
     assert torch.allclose(got, reference, atol=1e-4)
-    assert isinstance(ftkit.generate(merged, "Who are you?", max_new_tokens=4), str)
+    answer = ftkit.generate(merged, "Who are you?", max_new_tokens=4)
+    assert answer == ftkit.generate(str(folder), "Who are you?", adapter=run.adapter_dir, max_new_tokens=4)
 
 
 def test_router_only_when_asked(tmp_path, tiny_tokenizer):

@@ -167,7 +167,7 @@ def test_nproc_2_from_the_command_line_and_through_accelerate_launch(workdir):
 
 def test_which_runs_need_bitsandbytes(tmp_path):
     from ftkit.config import RunConfig
-    from ftkit.files import uses_bitsandbytes
+    from ftkit.process import uses_bitsandbytes
 
     def needs(**keys):
         return uses_bitsandbytes(RunConfig.from_dict({"dataset": "demo", **keys}))
@@ -205,3 +205,35 @@ def test_the_command_starts_lean_and_code_that_calls_in_keeps_bitsandbytes(workd
         assert state[1] == str(blocked), (how, p.stdout)
         assert (int(state[3]) > 100_000) == blocked, (how, state)
         assert (workdir / f"out/lean-{how}/adapter/adapter_model.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_a_run_folder_works_wherever_a_model_folder_does(workdir):
+    """Every kind of run: chat, generate and training take its output_dir as they take a model folder."""
+    import ftkit
+    from conftest import base_config
+    from ftkit.errors import ModelError
+
+    runs = {kind: ftkit.train(base_config(workdir / kind, max_steps=2, finetuning_type=kind, **extra), console=False)
+            for kind, extra in [("lora", {}), ("full", {}), ("freeze", {"freeze_trainable_layers": 1})]}
+    ask = dict(prompt="Who are you?", max_new_tokens=6)
+    for kind, run in runs.items():
+        inside = run.adapter_dir if kind != "lora" else None  # the model/ folder of a full or freeze run
+        expected = ftkit.generate(inside or "tiny", ask["prompt"], adapter=run.adapter_dir if kind == "lora" else None,
+                                  max_new_tokens=6)
+        assert ftkit.generate(run.output_dir, **ask) == expected, kind
+    for kind in ("full", "lora"):
+        p = ftkit("chat", "--model", kind, "--prompt", ask["prompt"], "--max_new_tokens", "6", cwd=workdir)
+        assert p.stdout.strip() == ftkit.generate(runs[kind].output_dir, **ask), kind
+
+    assert ftkit.plan(base_config(workdir / "next", model_name_or_path=str(workdir / "full"))).model_path == \
+        str(workdir / "full" / "model")  # training on from a full run
+    with pytest.raises(ModelError, match="merge it first"):
+        ftkit.plan(base_config(workdir / "next", model_name_or_path=str(workdir / "lora")))
+    merged = ftkit.merge(runs["lora"].adapter_dir, console=False)
+    assert ftkit.plan(base_config(workdir / "next", model_name_or_path=str(workdir / "lora"))).model_path == str(merged)
+
+    (workdir / "empty").mkdir()
+    p = ftkit("chat", "--model", "empty", "--prompt", "hi", cwd=workdir, check=False)
+    assert p.returncode == 2 and "point --model at" in p.stderr and "model_name_or_path" not in p.stderr
+    assert "Traceback" not in p.stderr

@@ -57,6 +57,21 @@ def test_notebooks_match_their_sources():
         assert committed == built, f"{src.name}: rebuild with scripts/make_notebook.py"
 
 
+def test_notebooks_run_the_kernels_ftkit():
+    """A shell cell's bare `ftkit` is whatever comes first on PATH (another install, or none in a kernel started
+    from a virtualenv that was never activated): notebooks call `{sys.executable} -m ftkit` or the Python API."""
+    import re
+    import runpy
+
+    shell = re.compile(r"^\s*(!|%%(?:bash|sh|script)\b|%sx\b|%system\b)")
+    for src in sorted((REPO / "notebooks").glob("*.py")):
+        for kind, cell in runpy.run_path(str(src))["CELLS"]:
+            lines = [line for line in cell.splitlines() if kind == "code" and shell.match(line)]
+            for line in lines:
+                assert not re.search(r"(^|[\s!])ftkit\b(?!\.)", line.replace("-m ftkit", "")), f"{src.name}: {line}"
+                assert "ftkit" not in line or "{sys.executable} -m ftkit" in line, f"{src.name}: {line}"
+
+
 def test_demo_data_and_corpus_match_their_generator():
     import json
 
@@ -73,7 +88,7 @@ def test_deepspeed_and_fsdp_examples_validate_without_a_gpu(workdir):
 
     from ftkit.config import RunConfig
     from ftkit.errors import ConfigError
-    from ftkit.train import check_run, training_arguments
+    from ftkit.planning import check_run, training_arguments
 
     for name in ("ds_z2_config.json", "ds_z3_config.json", "ds_z3_offload_config.json"):
         ds = json.loads((REPO / "examples/deepspeed" / name).read_text())

@@ -49,6 +49,21 @@ def test_chat_with_onnx_answers_like_pytorch(exported, tmp_path):
     assert p.returncode == 0 and p.stdout.strip() == via_torch
 
 
+def test_onnx_sampling_honours_temperature_top_p_and_seed(exported):
+    from ftkit.errors import ModelError
+
+    _, onnx_dir = exported
+    ask = lambda **kw: ftkit.generate(onnx_dir, "Write an English meeting invitation.", max_new_tokens=12, **kw)  # noqa: E731
+    greedy = ask()
+    assert ask(temperature=1.5, seed=0) == ask(temperature=1.5, seed=0), "a seed repeats a sampled answer"
+    hot = {ask(temperature=1.5, seed=s) for s in range(4)}
+    assert len(hot) > 1 and hot != {greedy}, "a high temperature samples"
+    assert {ask(temperature=0.01, seed=s) for s in range(3)} == {greedy}, "a temperature near 0 is greedy"
+    assert ask(temperature=1.5, top_p=1e-9, seed=1) == greedy, "top_p keeps only the most likely token"
+    with pytest.raises(ModelError, match="not top_k"):
+        ask(temperature=0.7, top_k=5)
+
+
 def test_export_cli_and_refusals(exported, tmp_path):
     from ftkit.errors import ModelError
     from ftkit.export import export_onnx

@@ -17,7 +17,7 @@ CHILD = """
 import json, resource, sys
 import psutil, torch
 torch.set_num_threads(1)
-import ftkit, ftkit.train  # imports before the baseline
+import ftkit, ftkit.training  # imports before the baseline
 cfg = json.loads(sys.argv[1])
 base = psutil.Process().memory_info().rss
 run = ftkit.train(cfg, console=False)

@@ -126,7 +126,8 @@ def test_a_warm_child_takes_the_next_run_and_trains_it_the_same(ip, workdir, mon
     """%load_ext starts a child ahead (its imports done before the cell runs); the run it takes trains exactly as a
     child started for it, in the folder the run was started from; a new one waits after each run; one started
     under another environment is not used; %unload_ext ends it."""
-    launch = sys.modules["ftkit.launch"]
+    from ftkit import launching as launch
+
     waiting = launch._warm["process"]
     assert launch._warm["on"] and waiting.poll() is None
     warm = ftkit.launch(base_config("out/w"))
@@ -156,8 +157,7 @@ def test_a_warm_child_takes_the_next_run_and_trains_it_the_same(ip, workdir, mon
 
 
 def test_a_warm_child_ends_with_its_parent():
-    code = ("import sys, ftkit.launch\n"
-            "launch = sys.modules['ftkit.launch']\n"
+    code = ("from ftkit import launching as launch\n"
             "launch.keep_warm()\n"
             "print(launch._warm['process'].pid)\n")
     parent = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

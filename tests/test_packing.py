@@ -6,7 +6,7 @@ import ftkit
 from conftest import DATA, base_config
 from ftkit.data import encode, load_conversations
 from ftkit.templates import get_template
-from ftkit.train import collator
+from ftkit.training import collator
 
 
 def test_each_packed_example_scores_as_if_alone(tiny_tokenizer):

@@ -33,9 +33,10 @@ def test_pickled_weights_are_refused_unless_allowed(workdir):
     run = ftkit.train(base_config("out/a", model_name_or_path=str(folder), max_steps=1, allow_pickle=True),
                       console=False)
     assert (run.adapter_dir / "adapter_model.safetensors").exists()  # what ftkit writes is never pickled
-    assert ftkit.generate(run, "Hi", max_new_tokens=2) is not None  # the run's config carries the permission
+    answer = ftkit.generate(run, "Hi", max_new_tokens=2)  # the run's config carries the permission
     merged = ftkit.merge(run.adapter_dir, console=False)
     assert (merged / "model.safetensors").exists() and not list(merged.glob("*.bin"))
+    assert answer and answer == ftkit.generate(merged, "Hi", max_new_tokens=2)  # the pickled base, with the adapter
 
 
 def test_code_shipped_with_a_model_does_not_run_by_default(workdir):

@@ -118,7 +118,7 @@ def chat_run(tmp_path_factory):
 
 
 def test_chat_stops_at_end_of_turn(chat_run):
-    from ftkit.generate import load, stop_ids
+    from ftkit.generation import load, stop_ids
 
     run, merged = chat_run
     net, tok, tmpl = load(str(merged))
@@ -148,10 +148,15 @@ def test_adapter_and_merged_answer_alike_and_pipeline_works(chat_run):
 
 def test_sampling_settings_pass_through(chat_run):
     run, merged = chat_run
-    torch.manual_seed(0)
-    answer = ftkit.generate(merged, "Write an English meeting invitation.", max_new_tokens=30, temperature=0.7,
-                            top_p=0.9)
-    assert isinstance(answer, str) and answer
+    ask = lambda **kw: ftkit.generate(merged, "Write an English meeting invitation.", max_new_tokens=30, **kw)  # noqa: E731
+    greedy = ask()
+    state = torch.random.get_rng_state()
+    assert ask(temperature=1.5, seed=0) == ask(temperature=1.5, seed=0), "a seed repeats a sampled answer"
+    assert torch.equal(torch.random.get_rng_state(), state), "the seed is the answer's, not the process's"
+    hot = {ask(temperature=1.5, top_p=0.95, seed=s) for s in range(4)}
+    assert len(hot) > 1 and hot != {greedy}, "a high temperature samples"
+    assert {ask(temperature=0.01, seed=s) for s in range(3)} == {greedy}, "a temperature near 0 is greedy"
+    assert ask(temperature=1.5, top_k=1, seed=1) == greedy, "top_k=1 keeps only the most likely token"
 
 
 def test_refuses_data_that_never_trains_end_of_turn(workdir):
@@ -347,12 +352,13 @@ def test_qlora_gradients_survive_an_evaluation_pass():
 def test_chat_reloads_a_rewritten_model_folder(workdir):
     from transformers import AutoModelForCausalLM
 
-    from ftkit.generate import load
+    from ftkit.generation import load
 
     q_proj = lambda net: net.model.layers[0].self_attn.q_proj.weight.detach().clone()  # noqa: E731
     first = ftkit.train(base_config(workdir / "r", max_steps=1), console=False)
     merged = ftkit.merge(first.adapter_dir, console=False)
-    assert ftkit.generate(merged, "Who are you?", max_new_tokens=4) is not None
+    before = ftkit.generate(merged, "Who are you?", max_new_tokens=4)
+    assert isinstance(before, str) and before
     old = q_proj(load(str(merged))[0])
     again = ftkit.train(base_config(workdir / "r", max_steps=20, learning_rate=1e-2, overwrite_output_dir=True),
                         console=False)

@@ -177,7 +177,7 @@ MAGICS = {"cell": ["finetune", "chat"], "line": ["merge", "chat", "ftkit"]}
 
 
 def load(ip) -> None:
-    from ftkit.launch import keep_warm
+    from ftkit.launching import keep_warm
 
     ip.register_magics(FtkitMagics)
     keep_warm()  # the first %%finetune finds its child's imports done
@@ -186,7 +186,7 @@ def load(ip) -> None:
 
 
 def unload(ip) -> None:
-    from ftkit.launch import keep_warm
+    from ftkit.launching import keep_warm
 
     keep_warm(False)
     for kind, names in MAGICS.items():

@@ -9,6 +9,7 @@ import html
 from dataclasses import dataclass, field
 
 from ftkit.data import IGNORE
+from ftkit.model import quiet
 
 TRAINED_STYLE = "background:#c8f7c5;color:#064;"   # tokens the loss is computed on
 MASKED_STYLE = "background:#f0f0f0;color:#888;"    # prompt/system tokens: seen, not trained
@@ -86,13 +87,13 @@ def lengths_png(lengths: list[int], cutoff_len: int) -> bytes:
     return buf.getvalue()
 
 
+@quiet()
 def preview(dataset, template: str = "auto", model: str = "tiny", n: int = 3, **config) -> Preview:
     """Tokenize `dataset` as a run with these keys would (same schema as `ftkit train`) and show `n` examples."""
     from ftkit import data, model as M, templates
     from ftkit.config import RunConfig
 
     cfg = RunConfig.from_dict({"dataset": dataset, "template": template, "model_name_or_path": model, **config})
-    M.quiet()
     path = M.resolve(cfg.model_name_or_path)
     tokenizer = M.load_tokenizer(path, cfg.tokenizer_name_or_path, cfg.trust_remote_code, cfg.added_tokens)
     tmpl = templates.get_template(cfg.template, tokenizer, M.model_type(path))

@@ -10,39 +10,22 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ftkit.config import ADAPTER_CONFIG, RunConfig
+from ftkit.config import ADAPTER_CONFIG
 from ftkit.errors import ModelError
-from ftkit.files import partial_dir, replace_dir
+from ftkit.model import quiet
+from ftkit.folders import adapter_folder, partial_dir, replace_dir, run_config_of
 from ftkit.templates import single_token_ids
 
 PROBE = [[{"role": "user", "content": "What is LoRA?"}],
          [{"role": "user", "content": "你好，请介绍一下你自己。"}]]
 
 
-def adapter_folder(path: str | Path) -> Path:
-    """Accept the adapter folder itself or the run folder that holds `adapter/`."""
-    p = Path(path)
-    if (p / "adapter_config.json").exists():
-        return p
-    if (p / "adapter" / "adapter_config.json").exists():
-        return p / "adapter"
-    if (p / "model" / "config.json").exists() or (p / "config.json").exists():
-        raise ModelError(f"{p}: this run trained the whole model (full/freeze): its model folder is already "
-                         "complete, there is no adapter to merge")
-    raise ModelError(f"{p}: no LoRA adapter here (no adapter_config.json); pass the run's output_dir or its adapter/")
-
-
-def run_config_of(adapter: Path) -> RunConfig | None:
-    f = adapter / ADAPTER_CONFIG
-    return RunConfig.from_any(f) if f.exists() else None
-
-
+@quiet()
 def merge(adapter_dir: str | Path, out: str | Path | None = None, tolerance: float | None = None,
           console: bool = True) -> Path:
     """Merge, check on a probe batch, save safetensors + tokenizer (with the run's chat template)."""
     from ftkit import model as M, templates
 
-    M.quiet()
     import torch
     from peft import PeftModel
 

@@ -1,6 +1,6 @@
 """Run a config in a child process and relay its events here: what `%%finetune` does by default.
 
-The child is `python -m ftkit.launch` (or `accelerate launch -m ftkit.launch` for several processes). It
+The child is `python -m ftkit.launching` (or `accelerate launch -m ftkit.launching` for several processes). It
 trains with `ftkit.train` and prints each event as one JSON line on stdout, after a marker; the parent reads
 them and hands them to the same callbacks an in-process run would get. The parent never loads the model,
 so the memory returns when the child exits, and a crash or an out-of-memory kill in training is a message
@@ -161,12 +161,12 @@ def launch(config, callbacks=(), nproc: int = 1, background: bool = False) -> La
 
 def _start(nproc: int = 1, run_env: dict | None = None) -> subprocess.Popen:
     """A child that trains the config in `run_env`, or (None) a warm one that waits for it on stdin."""
-    child = [sys.executable, "-m", "ftkit.launch"] + ["--wait-for-config"] * (run_env is None)
+    child = [sys.executable, "-m", "ftkit.launching"] + ["--wait-for-config"] * (run_env is None)
     if nproc > 1:
         # --multi_gpu is accelerate's name for "one process per device through torchrun"; on a CPU it starts
         # nproc processes that train with gloo (its --cpu would start one)
         child = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(nproc),
-                 "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "ftkit.launch"]
+                 "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "ftkit.launching"]
     env = {**os.environ, **(run_env or {}),
            "PYTHONUNBUFFERED": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "PYTHONIOENCODING": "utf-8"}
     return subprocess.Popen(child, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -244,7 +244,7 @@ def _end(process: subprocess.Popen) -> None:
 
 def _wait_for_config() -> None:
     """The warm child's side: import the engine, then wait for a run's config (exit when the parent goes)."""
-    from ftkit.files import exit_now, preload_engine
+    from ftkit.process import exit_now, preload_engine
 
     preload_engine()  # bitsandbytes too, if installed: the run's config is not known yet
     line = sys.stdin.readline()
@@ -269,10 +269,10 @@ def _child() -> int:
             sys.stdout.flush()
 
     try:
-        from ftkit.files import start_own_process
+        from ftkit.process import start_own_process
 
         start_own_process(cfg)
-        from ftkit.train import train
+        from ftkit.training import train
 
         train(cfg, callbacks=[relay], console=False, should_stop=stop_file.exists)
     except errors.FtkitError as e:
@@ -289,7 +289,7 @@ def _child() -> int:
 
 
 if __name__ == "__main__":
-    from ftkit.files import exit_now
+    from ftkit.process import exit_now
 
     if "--wait-for-config" in sys.argv:
         _wait_for_config()

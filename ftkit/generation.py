@@ -10,8 +10,23 @@ from __future__ import annotations
 from pathlib import Path
 
 from ftkit.errors import ModelError
-from ftkit.export import OnnxLM
+from ftkit.folders import adapter_folder, model_and_adapter, run_config_of
+from ftkit.model import quiet
 from ftkit.templates import single_token_ids
+
+ONNX_FILE = "model.onnx"
+
+
+def require_onnx():
+    try:
+        import onnxruntime  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError:
+        raise ModelError("ONNX export needs onnx, onnxscript and onnxruntime: pip install 'ftkit[onnx]'") from None
+
+
+def is_onnx_folder(path) -> bool:
+    return (Path(path) / ONNX_FILE).exists()
 
 _CACHE: dict = {}
 
@@ -26,8 +41,6 @@ def _stamp(folder) -> tuple | None:
 
 
 def _template_name(*folders) -> str | None:
-    from ftkit.merge import run_config_of
-
     for f in folders:
         cfg = run_config_of(Path(f)) if f else None
         if cfg:
@@ -44,22 +57,18 @@ def _tokenizer_and_template(path: str, adapter: str | None, template: str | None
     return tokenizer, templates.get_template(name, tokenizer, M.model_type(path))
 
 
+@quiet()
 def load(model: str, adapter: str | None = None, template: str | None = None):
     """(model, tokenizer, template) ready to generate; cached for the last (model, adapter, template).
     An exported ONNX folder gives an OnnxLM in place of the torch model."""
-    key = (str(model), str(adapter), template, _stamp(model), _stamp(adapter))  # a rewritten folder reloads
+    model, adapter = where(model, adapter)
+    key = (model, adapter, template, _stamp(model), _stamp(adapter))  # a rewritten folder reloads
     if key in _CACHE:
         return _CACHE[key]
     _CACHE.clear()  # keep one model in memory
     from ftkit import model as M
-    from ftkit.export import is_onnx_folder
 
-    M.quiet()
-    if adapter:
-        from ftkit.merge import adapter_folder
-
-        adapter = str(adapter_folder(adapter))
-    path = M.resolve(str(model))
+    path = M.resolve(model, key="model")
     tokenizer, tmpl = _tokenizer_and_template(path, adapter, template)
     if is_onnx_folder(path):
         if adapter:
@@ -71,8 +80,6 @@ def load(model: str, adapter: str | None = None, template: str | None = None):
 
     dev = M.device()
     dtype = torch.bfloat16 if dev == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
-    from ftkit.merge import run_config_of
-
     run_cfg = next((c for c in (run_config_of(Path(f)) for f in (adapter, path) if f) if c), None)
     try:
         net = AutoModelForCausalLM.from_pretrained(path, dtype=dtype,
@@ -89,11 +96,24 @@ def load(model: str, adapter: str | None = None, template: str | None = None):
     return _CACHE[key]
 
 
+def where(model, adapter=None) -> tuple[str, str | None]:
+    """(model, adapter folder) to load: a run folder stands for what it trained (its model/, or its base with its
+    adapter/), an adapter folder for its base with it."""
+    located = model_and_adapter(model)
+    if located and located[1]:
+        if adapter:
+            raise ModelError(f"{model}: a LoRA run or adapter already names its base model; give it alone, or give "
+                             "the base model with the adapter")
+        return located
+    return (located[0] if located else str(model)), (str(adapter_folder(adapter)) if adapter else None)
+
+
 def stop_ids(tokenizer, template) -> list[int]:
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     return list(dict.fromkeys(eos + single_token_ids(tokenizer, template.stop)))
 
 
+@quiet()
 def generate(model, prompt, adapter=None, template=None, max_new_tokens: int = 256, system: str | None = None,
              stream=None, **sampling) -> str:
     """Answer `prompt` (a string, or a list of messages for a multi-turn chat).
@@ -101,7 +121,8 @@ def generate(model, prompt, adapter=None, template=None, max_new_tokens: int = 2
     `model` is a folder, a hub name, `tiny`, or a Run (its adapter is used).
     `stream`, a callable, receives the answer's text piece by piece as it is generated.
     Sampling keywords go to `transformers` `generate` (temperature, top_p, top_k,
-    repetition_penalty, ...); with no temperature the answer is greedy.
+    repetition_penalty, ...); with no temperature the answer is greedy. `seed` makes a sampled answer repeatable
+    without touching the process's random state. An ONNX folder takes temperature, top_p and seed.
     """
     if hasattr(model, "adapter_dir") and hasattr(model, "config"):  # a Run
         run = model
@@ -113,6 +134,10 @@ def generate(model, prompt, adapter=None, template=None, max_new_tokens: int = 2
     if system:
         messages = [{"role": "system", "content": system}] + messages
     if isinstance(net, OnnxLM):
+        other = sorted(set(sampling) - {"temperature", "top_p", "seed"})
+        if other:
+            raise ModelError(f"{model}: generation from an ONNX export takes temperature, top_p and seed, not "
+                             f"{', '.join(other)}; use the merged torch model for those")
         text = tmpl.render(messages, add_generation_prompt=True).text
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         new = net.generate(ids, max_new_tokens, stop_ids(tokenizer, tmpl), sampling.get("temperature", 0.0),
@@ -121,7 +146,14 @@ def generate(model, prompt, adapter=None, template=None, max_new_tokens: int = 2
         if stream:
             stream(answer_text)
         return answer_text
-    return answer(net, tokenizer, tmpl, messages, max_new_tokens, stream=stream, **sampling)
+    seed = sampling.pop("seed", None)
+    if seed is None:
+        return answer(net, tokenizer, tmpl, messages, max_new_tokens, stream=stream, **sampling)
+    import torch
+
+    with torch.random.fork_rng(devices=[torch.cuda.current_device()] if torch.cuda.is_available() else []):
+        torch.manual_seed(seed)
+        return answer(net, tokenizer, tmpl, messages, max_new_tokens, stream=stream, **sampling)
 
 
 def answer(net, tokenizer, tmpl, messages: list[dict], max_new_tokens: int, stream=None, **sampling) -> str:
@@ -180,3 +212,50 @@ class _Streamer:
 def _overlap(text: str, stop: str) -> int:
     """Length of the longest end of `text` that begins `stop`."""
     return next((n for n in range(min(len(text), len(stop) - 1), 0, -1) if stop.startswith(text[-n:])), 0)
+
+
+# ---- an exported ONNX folder (ftkit export-onnx) -------------------------------------------------------------
+
+class OnnxLM:
+    """Greedy or sampled generation with onnxruntime from an exported folder."""
+
+    def __init__(self, folder: str | Path):
+        require_onnx()
+        self.folder = Path(folder)
+        self.session_ = self.session(self.folder)
+
+    @staticmethod
+    def session(folder: Path):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        return ort.InferenceSession(str(Path(folder) / ONNX_FILE), options, providers=["CPUExecutionProvider"])
+
+    def generate(self, input_ids: list[int], max_new_tokens: int, stop_ids: list[int], temperature: float = 0.0,
+                 top_p: float = 1.0, seed: int | None = None) -> list[int]:
+        import numpy as np
+
+        rng = np.random.default_rng(seed)
+        ids = list(input_ids)
+        new: list[int] = []
+        for _ in range(max_new_tokens):
+            x = np.array([ids], dtype=np.int64)
+            logits = self.session_.run(None, {"input_ids": x, "attention_mask": np.ones_like(x)})[0][0, -1]
+            token = int(logits.argmax()) if temperature <= 0 else _sample(logits, temperature, top_p, rng)
+            if token in stop_ids:
+                break
+            ids.append(token)
+            new.append(token)
+        return new
+
+
+def _sample(logits, temperature: float, top_p: float, rng) -> int:
+    import numpy as np
+
+    z = logits.astype(np.float64) / temperature
+    p = np.exp(z - z.max())
+    p /= p.sum()
+    order = np.argsort(-p)
+    keep = order[: int(np.searchsorted(np.cumsum(p[order]), top_p) + 1)]
+    return int(rng.choice(keep, p=p[keep] / p[keep].sum()))

@@ -1,0 +1,216 @@
+"""The plan: everything about a run that needs no weights.
+
+Check the config, load the tokenizer and template, tokenize the data, refuse runs
+that cannot learn to stop or cannot fit, size the model on the meta device, and
+build the TrainingArguments. `--dry-run` and `ftkit.plan` stop here; `ftkit.train`
+starts from the plan.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ftkit.config import RUN_CONFIG, RunConfig
+from ftkit.errors import ConfigError, DataError
+from ftkit.model import quiet
+
+
+@dataclass
+class Plan:
+    """Everything known about a run before its weights load: what `--dry-run` shows and `train` starts from."""
+
+    config: RunConfig
+    model_path: str
+    tokenizer: Any
+    template: Any
+    data: Any            # data.Prepared
+    counts: dict         # parameters: total, trainable, quantizable
+    max_steps: int
+    memory: Any          # memory.Estimate
+    memory_available: int
+    args: Any            # transformers.TrainingArguments
+    memory_note: str = ""
+
+    def summary(self, packed: bool | None = None) -> dict:
+        """The pre-flight figures (the `begin` event's content); `packed` is known once the model is loaded."""
+        from ftkit.model import device
+
+        cfg, stats = self.config, self.data.stats
+        lengths = sorted(stats.lengths)
+        return dict(
+            examples=stats.examples, eval_examples=len(self.data.eval), tokens=stats.tokens,
+            length_median=lengths[len(lengths) // 2], length_max=lengths[-1], trained_tokens=stats.trained_tokens,
+            eot_trained=stats.eot_trained, truncated=_truncation_text(cfg, stats),
+            trainable_params=self.counts["trainable"], total_params=self.counts["total"], max_steps=self.max_steps,
+            batch_tokens=_batch_text(cfg, packed), packed=packed, device=device(), model=cfg.model_name_or_path,
+            finetuning=_method_text(cfg), output_dir=str(cfg.run_dir), memory=self.memory.text() + self.memory_note,
+            memory_mb=self.memory.total / 2**20, memory_available_mb=self.memory_available / 2**20,
+            config=cfg.to_dict())
+
+
+@quiet()
+def plan(config) -> Plan:
+    """Check, tokenize and size a run without loading weights; refuses runs that cannot learn or cannot fit."""
+    cfg = config if isinstance(config, RunConfig) else RunConfig.from_any(config)
+    check_run(cfg)
+    from ftkit import data, memory, model as M, templates
+
+    model_path = M.resolve(cfg.model_name_or_path)
+    tokenizer = M.load_tokenizer(model_path, cfg.tokenizer_name_or_path, cfg.trust_remote_code, cfg.added_tokens)
+    template = templates.get_template(cfg.template, tokenizer, M.model_type(model_path))
+    prepared = data.prepare(cfg, tokenizer, template)
+    stats = prepared.stats
+    if not stats.eot_trained and not cfg.train_on_prompt:
+        raise DataError(f"template {cfg.template}: its end-of-turn marker ({' / '.join(template.stop)}) is never "
+                        "among the trained tokens, so the model would never learn to stop; check the template "
+                        "and cutoff_len")
+    skeleton = M.skeleton(cfg, model_path, tokenizer)
+    counts = memory.model_counts(skeleton)
+    seq_len = min(cfg.cutoff_len, max(stats.lengths))
+    def size(c: RunConfig):
+        return memory.estimate(c, skeleton.config, counts, c.per_device_train_batch_size, seq_len)
+
+    estimate = size(cfg)
+    budget = memory.available(M.device())
+    note = ""
+    if cfg.gradient_checkpointing is None and estimate.total > budget:  # checkpointing where it pays
+        checkpointed = dataclasses.replace(cfg, gradient_checkpointing=True)
+        lower = size(checkpointed)
+        if lower.total <= budget:
+            note = f"; gradient checkpointing on to fit (without it ~{estimate.total / 2**20:,.0f} MiB)"
+            cfg, estimate = checkpointed, lower
+    if estimate.total > budget and not cfg.ignore_memory_estimate:
+        raise ConfigError(
+            f"memory: this run needs {estimate.text()}, more than the {budget / 2**30:.1f} GiB "
+            f"{'the GPU has' if M.device() == 'cuda' else 'of RAM available'}; lower per_device_train_batch_size "
+            "(raise gradient_accumulation_steps to keep the batch), lower cutoff_len, set gradient_checkpointing: "
+            "true, or use QLoRA (quantization_bit: 4); ignore_memory_estimate: true tries anyway")
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    per_epoch = math.ceil(len(prepared.train) / (cfg.per_device_train_batch_size * world))
+    updates = math.ceil(per_epoch / cfg.gradient_accumulation_steps)
+    max_steps = cfg.max_steps if cfg.max_steps > 0 else math.ceil(updates * cfg.num_train_epochs)
+    args = training_arguments(cfg, max_steps, evaluate=bool(prepared.eval))
+    return Plan(cfg, model_path, tokenizer, template, prepared, counts, max_steps, estimate, budget, args, note)
+
+
+def check_run(cfg: RunConfig) -> None:
+    """What can be checked without loading weights, reported at once: model folder, datasets, template name,
+    device, output folder."""
+    from ftkit import model as M
+    from ftkit.data import resolve_dataset
+    from ftkit.errors import FtkitError
+    from ftkit.templates import check_template_name
+
+    problems = []
+    for check in [lambda: M.resolve(cfg.model_name_or_path),
+                  lambda: cfg.tokenizer_name_or_path and M.resolve(cfg.tokenizer_name_or_path),
+                  *[lambda name=name: resolve_dataset(name, cfg.dataset_dir) for name in cfg.datasets]]:
+        try:
+            check()
+        except FtkitError as e:
+            problems += e.problems
+    problems += filter(None, [check_template_name(cfg.template)])
+    problems += _deepspeed_problems(cfg.extra.get("deepspeed"))
+    code = None if cfg.trust_remote_code else M.shipped_code(cfg.model_name_or_path)
+    if code:
+        problems.append(f"model_name_or_path: {cfg.model_name_or_path} ships its own code ({code}), "
+                        + M.REMOTE_CODE_ADVICE)
+    if cfg.fp16 and M.device() == "cpu":
+        problems.append("fp16: needs a CUDA GPU and none is present; remove it to train in fp32 on this CPU")
+    out = cfg.run_dir
+    if cfg.resume_from_checkpoint is True and not list(out.glob("checkpoint-*")):
+        problems.append(f"resume_from_checkpoint: {out} has no checkpoint-N folder to resume from; "
+                        "set save_steps so runs leave checkpoints, or name a checkpoint folder")
+    elif isinstance(cfg.resume_from_checkpoint, str) and not Path(cfg.resume_from_checkpoint).is_dir():
+        problems.append(f"resume_from_checkpoint: {cfg.resume_from_checkpoint} is not a folder")
+    elif (out / RUN_CONFIG).exists() and not (cfg.overwrite_output_dir or cfg.resume_from_checkpoint):
+        problems.append(f"output_dir: {out} already holds a run; choose another output_dir, set "
+                        "overwrite_output_dir: true to replace it, or resume_from_checkpoint: true to continue it")
+    if problems:
+        raise ConfigError(problems, title="cannot start this run")
+
+
+def _deepspeed_problems(ds) -> list[str]:
+    """`deepspeed: path/to/ds.json` (or an inline dict) is handed to the Trainer; check what can be checked here."""
+    import importlib.util
+    import json
+
+    if ds is None:
+        return []
+    problems = []
+    if isinstance(ds, str):
+        path = Path(ds)
+        if not path.is_file():
+            return [f"deepspeed: {ds} is not a file; name a DeepSpeed JSON config (examples/deepspeed/ has ZeRO-2/3)"]
+        try:
+            ds = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            return [f"deepspeed: {path}: line {e.lineno}: invalid JSON ({e.msg})"]
+    if not isinstance(ds, dict):
+        return [f"deepspeed: expected a JSON file or a mapping, got {type(ds).__name__}"]
+    stage = (ds.get("zero_optimization") or {}).get("stage", 0)
+    if stage not in (0, 1, 2, 3):
+        problems.append(f"deepspeed: zero_optimization.stage {stage!r} is not 0, 1, 2 or 3")
+    if importlib.util.find_spec("deepspeed") is None:
+        problems.append("deepspeed: the deepspeed package is not installed; pip install deepspeed on a CUDA "
+                        "machine and start with ftkit train CONFIG --nproc N (or accelerate launch)")
+    return problems
+
+
+def training_arguments(cfg: RunConfig, max_steps: int, evaluate: bool):
+    """transformers.TrainingArguments for the run; passthrough keys may refine ftkit's choices."""
+    import torch
+    from transformers import TrainingArguments
+
+    kwargs = dict(
+        output_dir=str(cfg.run_dir),
+        per_device_train_batch_size=cfg.per_device_train_batch_size,
+        per_device_eval_batch_size=cfg.per_device_train_batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        learning_rate=cfg.learning_rate, num_train_epochs=cfg.num_train_epochs, max_steps=max_steps,
+        max_grad_norm=cfg.max_grad_norm, lr_scheduler_type=cfg.lr_scheduler_type, warmup_steps=cfg.warmup_ratio,
+        fp16=cfg.fp16, bf16=cfg.bf16, activation_checkpointing=bool(cfg.gradient_checkpointing),
+        activation_checkpointing_kwargs={"use_reentrant": False} if cfg.gradient_checkpointing else None,
+        logging_steps=cfg.logging_steps, logging_first_step=True, save_steps=cfg.save_steps,
+        eval_strategy="steps" if evaluate else "no", eval_steps=cfg.eval_steps or max(1, max_steps // 5),
+        report_to=cfg.report_to, seed=cfg.seed, include_num_input_tokens_seen="non_padding",
+        disable_tqdm=True, remove_unused_columns=False, dataloader_pin_memory=torch.cuda.is_available(),
+        use_cpu=not torch.cuda.is_available(),
+    )
+    try:
+        return TrainingArguments(**{**kwargs, **cfg.extra})
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"TrainingArguments refused the config: {str(e).splitlines()[0]}") from None
+
+
+def _truncation_text(cfg: RunConfig, stats) -> str | None:
+    parts = []
+    if stats.truncated_turns:
+        parts.append(f"{stats.truncated_turns} examples longer than cutoff_len={cfg.cutoff_len} kept only their "
+                     "whole leading turns")
+    if stats.truncated_answer:
+        parts.append(f"{stats.truncated_answer} had an answer cut mid-way (it loses its end-of-turn)")
+    if stats.dropped:
+        parts.append(f"{stats.dropped} dropped: no answer token fits in cutoff_len")
+    return "; ".join(parts) or None
+
+
+def _batch_text(cfg: RunConfig, packed: bool | None = None) -> str:
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    per = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * world
+    how = {True: ", packed without padding", False: ", padded", None: ""}[packed]
+    return f"{per} examples ({cfg.per_device_train_batch_size} x {cfg.gradient_accumulation_steps} accumulation" + (
+        f" x {world} processes" if world > 1 else "") + f"{how})"
+
+
+def _method_text(cfg: RunConfig) -> str:
+    if cfg.finetuning_type == "lora":
+        q = f"QLoRA {cfg.quantization_bit}-bit" if cfg.quantization_bit else "LoRA"
+        return f"{q} r={cfg.lora_rank} on {','.join(cfg.lora_targets)}"
+    if cfg.finetuning_type == "freeze":
+        return f"freeze (last {cfg.freeze_trainable_layers} layers train)"
+    return "full fine-tuning"
