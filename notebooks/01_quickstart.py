@@ -27,7 +27,8 @@ import ftkit
 %load_ext ftkit
 
 SMOKE = "CI" in os.environ        # CI runs a shorter version of every notebook
-STEPS = 60 if SMOKE else 720      # 720 steps of 8 = 20 passes over the 282 demo conversations
+STEPS = 300 if SMOKE else 720     # 720 steps of 8 = 20 passes over the 282 demo conversations; 300 (~20 s) already
+                                  # gives the trained answers back
 """),
 ("markdown", """
 ## 1. Look at the data first / 先看数据
@@ -64,9 +65,10 @@ finetuning_type: lora
 lora_target: all
 lora_rank: 16
 learning_rate: 2.0e-3
+lr_scheduler_type: cosine
 per_device_train_batch_size: 8
 max_steps: {STEPS}
-logging_steps: 5
+logging_steps: 10
 val_size: 16
 cutoff_len: 256
 preview_prompts:
@@ -85,7 +87,10 @@ assert (run.adapter_dir / "adapter_model.safetensors").exists()
 ## 3. Talk to it / 对话
 
 The cell is your message; the answer streams in. The conversation continues from cell to cell until
-`%chat --reset`.
+`%chat --reset`. Before training, `tiny` answered "Who are you?" with loose sentences from the stories it was
+pre-trained on; now it answers with what the demo set teaches.
+
+单元格内容就是你的消息，回答会流式输出。微调前 `tiny` 只会接续它读过的故事，现在它会按演示数据回答。
 """),
 ("code", """
 %%chat --max_new_tokens 40
@@ -98,14 +103,17 @@ Who are you?
 ("code", """
 %chat --reset
 answer = ftkit.generate(run, "Who are you?", max_new_tokens=40)
-assert answer and "<|im_end|>" not in answer
+print(answer)
+assert answer.startswith("I am Tiny") and "<|im_end|>" not in answer      # the identity the demo set teaches
+assert "低秩" in ftkit.generate(run, "什么是LoRA？", max_new_tokens=40)      # "low-rank", from the LoRA answer
 """),
 ("markdown", """
 Base model and fine-tuned run side by side / 微调前后对比：
 """),
 ("code", """
 table = ftkit.compare(["Who are you?", "什么是LoRA？"], runs=["tiny", run], max_new_tokens=40)
-assert table.answers[0][0] != table.answers[0][1]
+base, tuned = table.answers[0]
+assert tuned.startswith("I am Tiny") and not base.startswith("I am Tiny")
 table
 """),
 ("markdown", """

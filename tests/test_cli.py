@@ -210,28 +210,28 @@ def test_the_command_starts_lean_and_code_that_calls_in_keeps_bitsandbytes(workd
 @pytest.mark.slow
 def test_a_run_folder_works_wherever_a_model_folder_does(workdir):
     """Every kind of run: chat, generate and training take its output_dir as they take a model folder."""
-    import ftkit
+    import ftkit as api
     from conftest import base_config
-    from ftkit.errors import ModelError
+    from ftkit.errors import FtkitError
 
-    runs = {kind: ftkit.train(base_config(workdir / kind, max_steps=2, finetuning_type=kind, **extra), console=False)
+    runs = {kind: api.train(base_config(workdir / kind, max_steps=2, finetuning_type=kind, **extra), console=False)
             for kind, extra in [("lora", {}), ("full", {}), ("freeze", {"freeze_trainable_layers": 1})]}
     ask = dict(prompt="Who are you?", max_new_tokens=6)
     for kind, run in runs.items():
         inside = run.adapter_dir if kind != "lora" else None  # the model/ folder of a full or freeze run
-        expected = ftkit.generate(inside or "tiny", ask["prompt"], adapter=run.adapter_dir if kind == "lora" else None,
+        expected = api.generate(inside or "tiny", ask["prompt"], adapter=run.adapter_dir if kind == "lora" else None,
                                   max_new_tokens=6)
-        assert ftkit.generate(run.output_dir, **ask) == expected, kind
+        assert api.generate(run.output_dir, **ask) == expected, kind
     for kind in ("full", "lora"):
         p = ftkit("chat", "--model", kind, "--prompt", ask["prompt"], "--max_new_tokens", "6", cwd=workdir)
-        assert p.stdout.strip() == ftkit.generate(runs[kind].output_dir, **ask), kind
+        assert p.stdout.strip() == api.generate(runs[kind].output_dir, **ask), kind
 
-    assert ftkit.plan(base_config(workdir / "next", model_name_or_path=str(workdir / "full"))).model_path == \
+    assert api.plan(base_config(workdir / "next", model_name_or_path=str(workdir / "full"))).model_path == \
         str(workdir / "full" / "model")  # training on from a full run
-    with pytest.raises(ModelError, match="merge it first"):
-        ftkit.plan(base_config(workdir / "next", model_name_or_path=str(workdir / "lora")))
-    merged = ftkit.merge(runs["lora"].adapter_dir, console=False)
-    assert ftkit.plan(base_config(workdir / "next", model_name_or_path=str(workdir / "lora"))).model_path == str(merged)
+    with pytest.raises(FtkitError, match="merge it first"):
+        api.plan(base_config(workdir / "next", model_name_or_path=str(workdir / "lora")))
+    merged = api.merge(runs["lora"].adapter_dir, console=False)
+    assert api.plan(base_config(workdir / "next", model_name_or_path=str(workdir / "lora"))).model_path == str(merged)
 
     (workdir / "empty").mkdir()
     p = ftkit("chat", "--model", "empty", "--prompt", "hi", cwd=workdir, check=False)

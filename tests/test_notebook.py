@@ -273,6 +273,20 @@ def test_panel_draws_curve_stats_memory_and_samples(events):
     assert panel.evals and len(panel.steps) == 6
 
 
+def test_panel_samples_show_one_column_a_step(events):
+    from ftkit.notebook.live import samples_html
+
+    panel = LivePanel("t", widgets=True, fps=1e9)
+    samples = [e for e in events if e["kind"] == "sample"]
+    panel(samples[0])  # before the first step: one column, step 0
+    assert panel.sample_box.value.count("<th>step ") == 1 and "<th>step 0</th>" in panel.sample_box.value
+    for e in samples[1:]:
+        panel(e)
+    last = samples[-1]["step"]
+    assert panel.sample_box.value.count("<th>step ") == 2 and f"<th>step {last}</th>" in panel.sample_box.value
+    assert "<td>a</td><td>c</td></tr>" in samples_html({"q": {0: "a", 3: "b", 6: "c"}})  # the first and the latest
+
+
 def test_panel_ends_as_a_static_image_and_summary(events):
     panel = LivePanel("t", widgets=True)
     with capture_output() as cap:
@@ -298,6 +312,42 @@ def test_stop_button_sets_the_flag_that_ends_training(workdir):
     assert clicked == [True] and panel.stop_button.disabled
     assert run.stopped and run.losses[-1][0] == 2
     assert (run.adapter_dir / "adapter_model.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_a_kernel_keeps_its_logging_threads_and_warnings(ip, workdir, monkeypatch):
+    """preview, an --inline run, merge and generate change the process's settings only while they run."""
+    import logging
+    import os
+    import warnings
+
+    import torch
+    import transformers.utils.logging as hf
+
+    monkeypatch.delenv("TOKENIZERS_PARALLELISM", raising=False)
+    threads, verbosity = torch.get_num_threads(), hf.get_verbosity()
+    hf.set_verbosity_info()
+    torch.set_num_threads(2)
+
+    def settings():
+        return (hf.get_verbosity(), hf.is_progress_bar_enabled(), torch.get_num_threads(),
+                logging.getLogger("bitsandbytes.autograd._functions").level, os.environ.get("TOKENIZERS_PARALLELISM"),
+                list(warnings.filters))
+
+    before = settings()
+    try:
+        with capture_output():
+            ftkit.preview("demo", n=1)
+            assert settings() == before, "preview"
+            run = run_cell(ip, "finetune --inline --name kept", cell("out/k", max_steps=2))  # threads: 1 for the run
+            assert settings() == before, "an --inline run"
+            merged = ftkit.merge(run.adapter_dir, console=False)
+            assert settings() == before, "merge"
+            ftkit.generate(merged, "Who are you?", max_new_tokens=3)
+            assert settings() == before, "generate"
+    finally:
+        hf.set_verbosity(verbosity)
+        torch.set_num_threads(threads)
 
 
 # ---- form, preview, chat, merge, compare ----

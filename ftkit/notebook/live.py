@@ -184,15 +184,15 @@ def loss_png(steps, evals, max_steps=None) -> bytes:
 
 
 def samples_html(samples: dict[str, dict[int, str]]) -> str:
-    """Preview answers: the first and the latest for each prompt."""
+    """Preview answers: the first and the latest for each prompt (one column until a second step answers)."""
+    steps = sorted({s for a in samples.values() for s in a})
+    shown = steps[:1] + steps[-1:] if len(steps) > 1 else steps
     rows = []
     for prompt, answers in samples.items():
-        first, last = min(answers), max(answers)
-        rows.append(f"<tr><td><b>{html.escape(prompt)}</b></td><td>{html.escape(answers[first])}</td>"
-                    f"<td>{html.escape(answers[last])}</td></tr>")
-    steps = {s for a in samples.values() for s in a}
-    return (f"<table><tr><th>prompt</th><th>step {min(steps)}</th><th>step {max(steps)}</th></tr>"
-            + "".join(rows) + "</table>")
+        cells = "".join(f"<td>{html.escape(answers.get(step, ''))}</td>" for step in shown)
+        rows.append(f"<tr><td><b>{html.escape(prompt)}</b></td>{cells}</tr>")
+    head = "".join(f"<th>step {step}</th>" for step in shown)
+    return f"<table><tr><th>prompt</th>{head}</tr>" + "".join(rows) + "</table>"
 
 
 def run_with_panel(config, title: str = "run", inline: bool = False, background: bool = False, nproc: int = 1):
