@@ -3,6 +3,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -100,7 +101,8 @@ def test_demo_runs_offline_and_shows_the_change(workdir):
 def test_console_script_is_installed():
     import shutil
 
-    assert shutil.which("ftkit"), "pip install -e . puts `ftkit` on PATH"
+    here = Path(sys.executable).parent  # the interpreter's own scripts: PATH may lead to another install
+    assert shutil.which("ftkit", path=str(here)), f"pip install -e . puts `ftkit` in {here}"
     assert (REPO / "ftkit" / "assets" / "tiny" / "model.safetensors").exists()
 
 
