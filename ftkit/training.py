@@ -355,8 +355,12 @@ def _save_initial_adapter(model, cfg: RunConfig, out: Path) -> Path | None:
     path = out / "lora_init"  # peft names the adapter after the folder: no dots
     peft_config = model.peft_config["default"]
     peft_config.init_lora_weights = True  # the saved start must load as a plain adapter
-    model.save_pretrained(path, safe_serialization=True)
-    peft_config.init_lora_weights = init
+    try:
+        tmp = partial_dir(path)
+        model.save_pretrained(tmp, safe_serialization=True)
+        replace_dir(tmp, path)
+    finally:
+        peft_config.init_lora_weights = init
     return path
 
 

@@ -10,14 +10,18 @@ import pytest
 from ftkit import internals
 
 
+def _python(code: str) -> str:
+    """What `code` prints in a fresh interpreter."""
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60).stdout.strip()
+
+
 def test_atexit_handlers_can_be_run_before_a_quick_exit():
     code = ("import atexit, os\n"
             "from ftkit.internals import run_atexit_handlers\n"
             "atexit.register(print, 'handler ran')\n"
             "run_atexit_handlers()\n"
             "os._exit(0)\n")
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert p.stdout.strip() == "handler ran", "internals.run_atexit_handlers: atexit._run_exitfuncs changed"
+    assert _python(code) == "handler ran", "internals.run_atexit_handlers: atexit._run_exitfuncs changed"
 
 
 def test_bitsandbytes_still_has_its_cpu_repacking_flag():
@@ -64,5 +68,4 @@ def test_a_passthrough_key_does_not_import_torch():
             "cfg = RunConfig.from_dict({'dataset': 'demo', 'weight_decay': 0.1, 'optim': 'adamw_torch'})\n"
             "assert cfg.extra == {'weight_decay': 0.1, 'optim': 'adamw_torch'}\n"
             "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))\n")
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert p.stdout.strip() == "[]", p.stdout + p.stderr
+    assert _python(code) == "[]", "a passthrough key imported torch or transformers"

@@ -128,3 +128,13 @@ def test_the_magic_line_takes_notebook_variables(kernel):
     r = kernel.run("%%finetune --name {NAME}\n" + CONFIG.format(out="out/v").replace("max_steps: 300", "max_steps: 2"))
     assert r.error is None, r.error
     assert kernel.value("c.losses[-1][0]") == "2"
+
+
+def test_the_kernel_never_imports_torch_for_a_run(kernel):
+    """Training happens in the child: a %%finetune cell, passthrough TrainingArguments keys included, leaves the
+    kernel without torch (its memory, CUDA context and threads stay the child's)."""
+    body = CONFIG.format(out="out/p").replace("max_steps: 300", "max_steps: 2") + "weight_decay: 0.01\noptim: adamw_torch\n"
+    r = kernel.run("%%finetune --name p\n" + body)
+    assert r.error is None, r.error
+    assert kernel.value("p.losses[-1][0], sorted(m for m in ('torch', 'transformers') if m in __import__('sys').modules)") \
+        == "(2, [])"
