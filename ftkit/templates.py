@@ -13,6 +13,7 @@ config so a plain `transformers` pipeline formats chats the same way.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, replace
 
 from ftkit.errors import ConfigError, DataError
@@ -102,9 +103,19 @@ class Template:
 
 
 class TokenizerTemplate:
-    """`auto`: the tokenizer's own chat_template, with trained spans found by rendering prefixes."""
+    """`auto`: the tokenizer's own chat_template, rendered by transformers; the trained spans are found in the
+    rendered text itself, so templates that rewrite earlier turns (Qwen3 drops the reasoning of earlier answers)
+    or open a think block in their generation prompt (DeepSeek-R1) are masked correctly.
+
+    Each assistant answer is located after the message before it; its span starts where the generation prompt
+    for it ends when the text begins with that prompt (so a think block the template writes before the final
+    answer is trained, as the model generates it), else at the answer itself; it ends after the end-of-turn
+    marker that follows the answer. A template that does not close the last answer (it leaves it open for
+    continuation) gets the marker appended to training texts, so the model still learns to stop."""
 
     name = "auto"
+    PROBE = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"},
+             {"role": "user", "content": "Bye"}, {"role": "assistant", "content": "Ciao"}]
 
     def __init__(self, tokenizer):
         if not getattr(tokenizer, "chat_template", None):
@@ -112,34 +123,116 @@ class TokenizerTemplate:
                 "template: auto needs a tokenizer with a chat_template, and this one has none; "
                 f"name a built-in template ({', '.join(TEMPLATES)})")
         self.tokenizer = tokenizer
-        probe = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
-        r = self.render(probe)
-        tail = r.text[r.spans[0][0]:r.spans[0][1]].split("Hello", 1)[-1].strip()
+        self.kwargs: dict = {}
+        self.fold_system = False
+        self.markers, self.closes_last = self._end_of_turn()
         eos = tokenizer.eos_token
-        self.stop = tuple(s for s in (tail, eos) if s)
+        self.stop = tuple(dict.fromkeys(s for s in (*self.markers, eos) if s))
 
     def _apply(self, messages, add_generation_prompt):
+        if self.fold_system and messages and messages[0]["role"] == "system":
+            messages = _fold_system(messages)
         return self.tokenizer.apply_chat_template(messages, tokenize=False,
-                                                  add_generation_prompt=add_generation_prompt)
+                                                  add_generation_prompt=add_generation_prompt, **self.kwargs)
+
+    def _refuse(self, why: str) -> DataError:
+        return DataError(f"template: auto: the tokenizer's chat_template {why}; name a built-in template "
+                         f"({', '.join(TEMPLATES)})")
+
+    def _probe(self, messages) -> str:
+        """Render a probe conversation; a template written for tool use may need `tools` given (empty), and one
+        that refuses a system turn (Gemma 2) gets the system text at the start of the first user turn."""
+        for self.kwargs, self.fold_system in (({}, False), ({"tools": []}, False), ({}, True), ({"tools": []}, True)):
+            try:
+                return self._apply(messages, False)
+            except Exception as e:  # noqa: BLE001 - a template may raise anything on a plain conversation
+                error = e
+        raise self._refuse(f"cannot render a plain conversation ({type(error).__name__}: {error})") from None
+
+    def _end_of_turn(self) -> tuple[tuple[str, ...], bool]:
+        """The markers that end an answer, read off a render with a system turn and two answers: what follows the
+        last answer, and what follows an earlier one (where the template ends the two differently); for a
+        template that leaves the last answer open, the special token that follows an earlier one."""
+        text = self._probe([{"role": "system", "content": "Be brief."}, *self.PROBE])
+        first, last = text.find("Hello"), text.rfind("Ciao")
+        if first < 0 or last < 0:
+            raise self._refuse("does not show the answers of a plain conversation")
+        after_first, after_last = text[first + len("Hello"):].lstrip(), text[last + len("Ciao"):].strip()
+        specials = sorted((t for t in {*self.tokenizer.all_special_tokens, *self.tokenizer.get_added_vocab()} if t),
+                          key=len, reverse=True)
+
+        def first_token(s: str) -> str:
+            return next((t for t in specials if s.startswith(t)), "")
+
+        def lead(s: str) -> str:  # the special tokens that s starts with, one after another
+            run = ""
+            while tok := next((t for t in specials if s.startswith(run + t, 0)), None):
+                run += tok
+            return run
+
+        # the special token that opens a turn (<|im_start|>, <|start|>, <|START_OF_TURN_TOKEN|>) begins the next
+        # turn, not the end of this one: a marker stops before it. The generation prompt shows it: it opens the
+        # assistant's turn.
+        asked = [{"role": "system", "content": "Be brief."}, self.PROBE[0]]
+        plain, prompt = self._apply(asked, False), self._apply(asked, True)
+        opener = first_token(prompt[len(plain):].lstrip()) if prompt.startswith(plain) else ""
+
+        def closing(run: str) -> str:
+            cut = run.find(opener, 1) if opener else -1
+            return run[:cut] if cut > 0 else run
+
+        shared = closing(lead(os.path.commonprefix([after_first, after_last])))
+        if shared:  # the same marker ends every answer
+            return (shared,), True
+        if after_last:  # the last answer ends otherwise than the earlier ones (gpt-oss: <|return|>, <|end|>)
+            earlier = first_token(after_first) or (after_last if after_first.startswith(after_last) else "")
+            return tuple(dict.fromkeys(m for m in (closing(lead(after_last)) or after_last, earlier) if m)), True
+        if not first_token(after_first):
+            raise self._refuse("leaves the last answer open and no special token ends an earlier one, so the "
+                               "model could not learn to stop")
+        return (first_token(after_first),), False
 
     def render(self, messages: list[dict], add_generation_prompt: bool = False) -> Rendered:
         text = self._apply(messages, add_generation_prompt)
-        spans = []
+        if add_generation_prompt:
+            return Rendered(text, [])
+        if not self.closes_last and messages and messages[-1]["role"] == "assistant":
+            text += self.markers[0]  # trained: the model learns to stop where inference ends the turn
+        spans, cursor = [], 0
         for k, m in enumerate(messages):
+            content = m["content"] if isinstance(m.get("content"), str) else ""
+            if m["role"] == "system" or not content.strip():
+                continue  # a template may move the system text (into the last user turn, say)
+            found = next((c for c in (content, content.strip()) if text.find(c, cursor) >= 0), None)
+            if found is None:
+                raise self._refuse(f"rewrites message {k} ({m['role']}) so that its text no longer appears as "
+                                   "written, so its answer cannot be located")
+            pos = text.find(found, cursor)
+            cursor = pos + len(found)
             if m["role"] != "assistant":
                 continue
-            before = self._apply(messages[:k], True)
-            upto = self._apply(messages[:k + 1], False)
-            if not (text.startswith(before) and text.startswith(upto) and len(upto) > len(before)):
-                raise DataError(
-                    "template: auto: the tokenizer's chat_template does not render conversations "
-                    "prefix by prefix (it rewrites earlier turns), so answers cannot be located; "
-                    f"name a built-in template ({', '.join(TEMPLATES)})")
-            spans.append((len(before), len(upto)))
+            start, head = pos, self._apply(messages[:k], True)
+            if len(head) <= pos and text.startswith(head) and (not spans or spans[-1][1] <= len(head)):
+                start = len(head)  # what the model generates after the prompt, a think block included
+            end = cursor
+            rest = text[end:].lstrip()
+            marker = next((mk for mk in self.markers if rest.startswith(mk)), None)
+            if marker:
+                end = len(text) - len(rest) + len(marker)
+            spans.append((start, end))
+            cursor = end
         return Rendered(text, spans)
 
     def jinja(self) -> str:
         return self.tokenizer.chat_template
+
+
+def _fold_system(messages: list[dict]) -> list[dict]:
+    """The system text at the start of the first user turn, for templates without a system role."""
+    system, rest = messages[0]["content"], messages[1:]
+    if rest and rest[0]["role"] == "user":
+        return [{**rest[0], "content": f"{system}\n\n{rest[0]['content']}"}, *rest[1:]]
+    return [{"role": "user", "content": system}, *rest]
 
 
 def _split_system(messages: list[dict], default: str) -> tuple[str, list[dict]]:

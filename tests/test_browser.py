@@ -27,6 +27,25 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _start_kernel(port: int, token: str, notebook: str) -> None:
+    """Start the notebook's kernel session through the server's REST API before the page opens: Lab then attaches
+    to it, instead of asking "Select Kernel" at a moment of its choosing (a dialog that once swallowed Run All)."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    body = json.dumps({"path": notebook, "name": notebook, "type": "notebook", "kernel": {"name": "python3"}})
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/api/sessions", data=body.encode(), method="POST",
+                                     headers={"Authorization": f"token {token}", "Content-Type": "application/json"})
+    for _ in range(60):  # the port opens a moment before the API answers
+        try:
+            urllib.request.urlopen(request, timeout=60).close()
+            return
+        except (urllib.error.URLError, ConnectionError):
+            time.sleep(0.5)
+    raise RuntimeError("JupyterLab did not start a kernel session")
+
+
 @pytest.fixture
 def lab(tmp_path):
     pytest.importorskip("jupyterlab")
@@ -44,6 +63,7 @@ def lab(tmp_path):
                 break
             except OSError:
                 time.sleep(0.5)
+        _start_kernel(port, token, "01_quickstart.ipynb")
         yield f"http://127.0.0.1:{port}/lab/tree/01_quickstart.ipynb?token={token}&reset"
     finally:
         proc.terminate()  # JupyterLab by its PID, and its kernels with it
@@ -83,7 +103,10 @@ def test_quickstart_in_jupyterlab(lab):
             panel = page.wait_for_selector(".widget-vbox:has(.widget-button)", timeout=120_000)  # the live panel
         except playwright.Error:
             page.screenshot(path=str(shots / "quickstart-no-panel.png"))
-            raise
+            prompts = [e.text_content() for e in page.query_selector_all(".jp-InputPrompt")]
+            errors = [e.inner_text()[-600:] for e in page.query_selector_all(
+                ".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']")]
+            raise AssertionError(f"no live panel; prompts {prompts}; errors {errors}") from None
         charts, steps, gauges = set(), set(), set()
         deadline = time.time() + 120
         while time.time() < deadline and len(charts) < 3:

@@ -159,7 +159,7 @@ def test_labels_cover_only_answers_and_end_of_turn(tiny_tokenizer):
     t = get_template("auto", tiny_tokenizer)
     conv = msgs((S, "Be brief."), (U, "What is LoRA?"), (A, "Small matrices."), (U, "In Chinese?"), (A, "小矩阵。"))
     (ex,), stats = encode([conv], tiny_tokenizer, t, cutoff_len=512)
-    assert labelled_text(tiny_tokenizer, ex) == "Small matrices.<|im_end|>\n小矩阵。<|im_end|>\n"
+    assert labelled_text(tiny_tokenizer, ex) == "Small matrices.<|im_end|>小矩阵。<|im_end|>"  # not the newline after
     assert stats.eot_trained and stats.examples == 1
     assert tiny_tokenizer.decode(ex["input_ids"]) == t.render(conv).text  # one tokenization of the whole text
 
@@ -185,7 +185,7 @@ def test_cutoff_keeps_whole_turns_and_counts(tiny_tokenizer):
     cut_answer = msgs((U, "Hi"), (A, "word " * 200))
     exs, stats = encode([long, short, cut_answer], tiny_tokenizer, t, cutoff_len=40)
     assert stats.truncated_turns == 1 and stats.truncated_answer == 1 and stats.examples == 3
-    assert labelled_text(tiny_tokenizer, exs[0]) == "Small matrices.<|im_end|>\n"
+    assert labelled_text(tiny_tokenizer, exs[0]) == "Small matrices.<|im_end|>"
     assert len(exs[2]["input_ids"]) == 40 and max(len(e["input_ids"]) for e in exs) <= 40
 
 

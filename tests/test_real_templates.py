@@ -1,0 +1,109 @@
+"""`template: auto` against the official chat templates of ~70 released models (llama.cpp's models/templates, via
+tests/real.py): the text is transformers' own render, and the trained spans are each answer with its end-of-turn
+marker, also where a template rewrites earlier turns (Qwen3, R1) or leaves the last answer open (GLM-4.6).
+
+Each template is hosted by a copy of tiny's tokenizer given the template's special tokens (a real tokenizer has
+them); the text compared is what transformers renders with that tokenizer."""
+import copy
+import re
+
+import pytest
+
+from ftkit.errors import FtkitError
+from ftkit.templates import TokenizerTemplate, _fold_system
+from real import llama_cpp_templates
+
+SPECIAL = re.compile(r"<\|[^|<>\s]{1,40}\|>|<｜[^｜<>]{1,40}｜>")
+CONVERSATIONS = {
+    "one turn": [{"role": "user", "content": "What is LoRA?"}, {"role": "assistant", "content": "Low-rank adapters."}],
+    "system, two turns": [{"role": "system", "content": "Be brief."},
+                          {"role": "user", "content": "Hi there"}, {"role": "assistant", "content": "Hello friend."},
+                          {"role": "user", "content": "And LoRA?"}, {"role": "assistant", "content": "Small matrices."}],
+    "two turns": [{"role": "user", "content": "Hi there"}, {"role": "assistant", "content": "Hello friend."},
+                  {"role": "user", "content": "And LoRA?"}, {"role": "assistant", "content": "Small matrices."}],
+}
+USER_TEXTS = ("What is LoRA?", "Hi there", "And LoRA?")
+# refused, each with a clear message (the reason is the test's expectation, checked below)
+REFUSED = {
+    "fireworks-ai-llama-3-firefunction-v2": "cannot render a plain conversation",  # needs its `functions` variable
+    "llama-cpp-rwkv-world": "leaves the last answer open",  # "\n\n" ends a turn: no end-of-turn token to learn
+    "tencent-Hy3": "leaves the last answer open",  # its turn tokens are built by string concatenation in the template
+}
+
+
+@pytest.fixture(scope="module")
+def official():
+    return {f.stem: f.read_text(encoding="utf-8") for f in sorted(llama_cpp_templates().glob("*.jinja"))}
+
+
+def host(tiny_tokenizer, source: str):
+    tok = copy.deepcopy(tiny_tokenizer)
+    tok.add_special_tokens({"additional_special_tokens": sorted(set(SPECIAL.findall(source)))})
+    tok.chat_template = source
+    tok.bos_token = tok.bos_token or "<s>"
+    return tok
+
+
+def official_render(tok, template, conversation) -> str:
+    """What transformers renders (with the system folded in where the template refuses a system turn), plus the
+    marker ftkit appends where the template leaves the last answer open."""
+    shown = _fold_system(conversation) if template.fold_system and conversation[0]["role"] == "system" else conversation
+    return tok.apply_chat_template(shown, tokenize=False, **template.kwargs) + (
+        "" if template.closes_last else template.markers[0])
+
+
+def check(tok, template) -> None:
+    for name, conversation in CONVERSATIONS.items():
+        r = template.render(conversation)
+        assert r.text == official_render(tok, template, conversation), name
+        answers = [m["content"] for m in conversation if m["role"] == "assistant"]
+        assert len(r.spans) == len(answers), name
+        for (a, b), answer in zip(r.spans, answers):
+            trained = r.text[a:b]
+            assert answer in trained and not any(u in trained for u in USER_TEXTS), (name, trained)
+            assert trained.split(answer, 1)[1].strip() in template.markers, (name, trained, template.markers)
+
+
+def test_auto_over_the_official_templates(official, tiny_tokenizer):
+    passed, refused = [], {}
+    for name, source in official.items():
+        tok = host(tiny_tokenizer, source)
+        try:
+            check(tok, TokenizerTemplate(tok))
+            passed.append(name)
+        except FtkitError as e:
+            refused[name] = str(e)
+    print(f"\ntemplate: auto masks {len(passed)} of {len(official)} official templates; refused: "
+          + "; ".join(f"{k} ({v.split('chat_template ', 1)[-1].split(';')[0]})" for k, v in refused.items()))
+    assert len(passed) >= 0.95 * len(official) and len(official) >= 60
+    assert refused.keys() == REFUSED.keys(), refused
+    for name, why in REFUSED.items():
+        assert why in refused[name] and "name a built-in template" in refused[name]
+
+
+def test_reasoning_templates_train_what_the_model_generates(official, tiny_tokenizer):
+    two = CONVERSATIONS["two turns"]
+
+    def spans(name):
+        tok = host(tiny_tokenizer, official[name])
+        t = TokenizerTemplate(tok)
+        r = t.render(two)
+        return [r.text[a:b] for a, b in r.spans], r.text, t
+
+    # Qwen3 drops the (empty) reasoning of earlier answers and writes it before the last one: the last answer
+    # is trained with its think block, as generated after the prompt; the earlier one as the text shows it
+    (first, last), text, _ = spans("Qwen-Qwen3-0.6B")
+    assert (first, last) == ("Hello friend.<|im_end|>", "<think>\n\n</think>\n\nSmall matrices.<|im_end|>")
+    # DeepSeek-R1's generation prompt opens a think block that the rendered history does not hold
+    trained, _, _ = spans("deepseek-ai-DeepSeek-R1-Distill-Qwen-32B")
+    assert trained == ["Hello friend.<｜end▁of▁sentence｜>", "Small matrices.<｜end▁of▁sentence｜>"]
+    # Llama 3.1 always opens with its system header and dates
+    trained, text, _ = spans("meta-llama-Llama-3.1-8B-Instruct")
+    assert "Cutting Knowledge Date" in text and trained == ["Hello friend.<|eot_id|>", "Small matrices.<|eot_id|>"]
+    # gpt-oss ends the last answer with <|return|>, earlier ones with <|end|>
+    trained, _, t = spans("openai-gpt-oss-120b")
+    assert trained[0].endswith("Hello friend.<|end|>") and trained[1].endswith("Small matrices.<|return|>")
+    assert t.stop[:2] == ("<|return|>", "<|end|>")
+    # GLM-4.6 leaves the last answer open: <|user|> (what ends a turn) is appended and trained
+    trained, text, t = spans("GLM-4.6")
+    assert not t.closes_last and text.endswith("Small matrices.<|user|>") and trained[1].endswith("<|user|>")
