@@ -59,6 +59,16 @@ def convert(input, output, source_format: str = "auto") -> int:
     return _convert(input, output, source_format)
 
 
+def render(messages, template: str = "auto", model: str = "tiny", add_generation_prompt: bool = False, tools=None,
+           train_on_prompt: bool = False):
+    """What the model sees for `messages`: `.text`, `.input_ids`, `.labels` (-100 where not trained),
+    `.trained_text`; the same code path as training. `model` may be a folder holding only a tokenizer."""
+    from ftkit.data import render as _render
+
+    return _render(messages, template=template, model=model, add_generation_prompt=add_generation_prompt,
+                   tools=tools, train_on_prompt=train_on_prompt)
+
+
 runs: dict = {}  # runs started by %%finetune in this kernel, by name
 
 
@@ -97,5 +107,5 @@ def unload_ipython_extension(ip) -> None:
 
 
 __all__ = ["RunConfig", "ConfigError", "DataError", "FtkitError", "ModelError",
-           "train", "launch", "plan", "merge", "generate", "convert", "preview", "compare", "panel", "runs",
+           "train", "launch", "plan", "merge", "generate", "convert", "render", "preview", "compare", "panel", "runs",
            "__version__"]

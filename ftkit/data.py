@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from ftkit.errors import DataError
+from ftkit.errors import ConfigError, DataError
 from ftkit.templates import single_token_ids
 
 ROLES = ("system", "user", "assistant")
@@ -382,6 +382,48 @@ def encode_rows(conversations, tokenizer, template, cutoff_len: int, train_on_pr
             ids, labels, cut = [], [], DROPPED
         rows.append({"input_ids": ids, "labels": labels, "cut": cut, "eot": eot})
     return rows
+
+
+@dataclass
+class Example:
+    """One conversation as the model sees it: the text, its tokens, and the labels (-100 where not trained)."""
+
+    text: str
+    input_ids: list[int]
+    labels: list[int]
+    template: str
+
+    @property
+    def trained_text(self) -> str:
+        """The trained tokens' text, in order (the answers and their end-of-turn markers)."""
+        return "".join(self.text[a:b] for a, b in self.spans)
+
+    spans: list = field(default_factory=list, repr=False)
+
+
+def render(messages: list[dict], template: str = "auto", model: str = "tiny", add_generation_prompt: bool = False,
+           tools: list | None = None, train_on_prompt: bool = False) -> Example:
+    """What a model sees for `messages`: the template's text, its input_ids and the labels training uses, through
+    the same code as training and the preview. `model` may be a folder holding only a tokenizer (and config.json).
+    `tools` go to the tokenizer's own template (`auto`); with `add_generation_prompt` nothing is trained."""
+    from ftkit import model as M
+    from ftkit.templates import TokenizerTemplate, get_template
+
+    path = M.resolve(model)
+    tokenizer = M.load_tokenizer(path)
+    tmpl = get_template(template, tokenizer, M.model_type(path))
+    if tools is not None and not isinstance(tmpl, TokenizerTemplate):
+        raise ConfigError(f"template: {template} renders no tools; use template: auto with a tokenizer whose "
+                          "chat template takes tools")
+    messages = [dict(m) for m in messages]
+    problem = None if add_generation_prompt else check_messages(messages)
+    if problem:
+        raise DataError(f"messages: {problem}")
+    r = tmpl.render(messages, add_generation_prompt, **({"tools": tools} if tools is not None else {}))
+    enc = tokenizer(r.text, add_special_tokens=False, return_offsets_mapping=True)
+    trained = [train_on_prompt or any(s < e_ and b < e for b, e_ in r.spans) for s, e in enc["offset_mapping"]]
+    labels = [t if keep else IGNORE for t, keep in zip(enc["input_ids"], trained)]
+    return Example(r.text, enc["input_ids"], labels, tmpl.name, list(r.spans))
 
 
 def truncate(ids: list[int], trained: list[bool], cutoff_len: int, train_on_prompt: bool = False):

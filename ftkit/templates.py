@@ -192,7 +192,13 @@ class TokenizerTemplate:
                                "model could not learn to stop")
         return (first_token(after_first),), False
 
-    def render(self, messages: list[dict], add_generation_prompt: bool = False) -> Rendered:
+    def render(self, messages: list[dict], add_generation_prompt: bool = False, tools: list | None = None) -> Rendered:
+        if tools is not None:  # for this render only
+            saved, self.kwargs = self.kwargs, {**self.kwargs, "tools": tools}
+            try:
+                return self.render(messages, add_generation_prompt)
+            finally:
+                self.kwargs = saved
         text = self._apply(messages, add_generation_prompt)
         if add_generation_prompt:
             return Rendered(text, [])

@@ -107,3 +107,20 @@ def test_reasoning_templates_train_what_the_model_generates(official, tiny_token
     # GLM-4.6 leaves the last answer open: <|user|> (what ends a turn) is appended and trained
     trained, text, t = spans("GLM-4.6")
     assert not t.closes_last and text.endswith("Small matrices.<|user|>") and trained[1].endswith("<|user|>")
+
+
+def test_render_with_tools_through_the_official_template(official, tiny_tokenizer, tmp_path):
+    import json
+
+    import ftkit
+
+    tok = host(tiny_tokenizer, official["Qwen-Qwen2.5-7B-Instruct"])
+    tok.save_pretrained(tmp_path / "qwen2.5")  # a tokenizer-only folder, as render takes it
+    (tmp_path / "qwen2.5" / "config.json").write_text(json.dumps({"model_type": "qwen2"}))
+    weather = {"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
+                                                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}
+    conv = CONVERSATIONS["one turn"]
+    seen = ftkit.render(conv, model=str(tmp_path / "qwen2.5"), tools=[weather])
+    assert seen.text == tok.apply_chat_template(conv, tools=[weather], tokenize=False)
+    assert "get_weather" in seen.text and "# Tools" in seen.text and "You are Qwen, created by Alibaba Cloud" in seen.text
+    assert seen.trained_text == "Low-rank adapters.<|im_end|>"

@@ -116,3 +116,29 @@ def test_auto_uses_the_tokenizers_chat_template(tiny_tokenizer):
 def test_unknown_template_suggests():
     with pytest.raises(ConfigError, match="did you mean llama3"):
         get_template("llama-3", EosOnly())
+
+
+def test_render_shows_text_tokens_and_labels_as_training_sees_them(tiny_tokenizer, tmp_path):
+    import json
+
+    import ftkit
+    from ftkit.data import IGNORE, encode
+
+    conv = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "2+2?"},
+            {"role": "assistant", "content": "4"}]
+    seen = ftkit.render(conv)
+    assert seen.text == tiny_tokenizer.apply_chat_template(conv, tokenize=False)
+    (row,), _ = encode([conv], tiny_tokenizer, get_template("auto", tiny_tokenizer), 10**6)
+    assert (seen.input_ids, seen.labels) == (row["input_ids"], row["labels"])  # the training path, token for token
+    assert tiny_tokenizer.decode([t for t in seen.labels if t != IGNORE]) == seen.trained_text == \
+        "Hello!<|im_end|>4<|im_end|>"
+    prompt = ftkit.render(conv[:2], add_generation_prompt=True)
+    assert prompt.text.endswith("<|im_start|>assistant\n") and set(prompt.labels) == {IGNORE}
+
+    folder = tmp_path / "tokenizer-only"  # a tokenizer and a config.json, no weights
+    tiny_tokenizer.save_pretrained(folder)
+    (folder / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    assert ftkit.render(conv, model=str(folder), template="llama3").text.startswith("<|begin_of_text|>")
+    with pytest.raises(ConfigError, match="renders no tools; use template: auto"):
+        ftkit.render(conv, template="chatml", tools=[{"type": "function", "function": {"name": "f"}}])
