@@ -41,6 +41,8 @@ class Template:
     default_system: str = ""
     stop: tuple[str, ...] = ()  # end-of-turn strings that end generation
     family: str = ""
+    think: str = ""             # before each answer that follows the last user turn (Qwen3's empty think block) ...
+    think_in_prompt: bool = False  # ... generated, so trained; or (thinking off) part of the generation prompt
 
     def bind(self, tokenizer) -> "Template":
         """Fill `{eos}` with the tokenizer's eos token."""
@@ -54,6 +56,7 @@ class Template:
         text, spans = self.prefix, []
         if system and self.system:
             text += self.system.replace("{content}", system)
+        last_user = max((i for i, m in enumerate(turns) if m["role"] == "user"), default=-1)
         for i, m in enumerate(turns):
             content = m["content"]
             if m["role"] == "user":
@@ -62,12 +65,15 @@ class Template:
                 text += self.user.replace("{content}", content)
             else:
                 text += self.header
+                think = self.think if i > last_user else ""
+                if self.think_in_prompt:
+                    text += think
                 start = len(text)
-                text += self.assistant.replace("{content}", content)
+                text += ("" if self.think_in_prompt else think) + self.assistant.replace("{content}", content)
                 spans.append((start, len(text)))
                 text += self.sep
         if add_generation_prompt:
-            text += self.header
+            text += self.header + (self.think if self.think_in_prompt else "")
         elif self.suffix:
             spans.append((len(text), len(text) + len(self.suffix)))
             text += self.suffix
@@ -88,16 +94,20 @@ class Template:
             "{%- else -%}{%- set ns = namespace(system=" + q(self.default_system) + ", start=0) -%}{%- endif -%}"
             + ("{%- if ns.system -%}{{- " + q(syspre) + " + ns.system + " + q(syspost) + " -}}{%- endif -%}"
                if self.system else "")
-            + "{%- for m in messages[ns.start:] -%}"
+            + "{%- set last = namespace(user=-1) -%}"
+            "{%- for m in messages[ns.start:] -%}{%- if m['role'] == 'user' -%}{%- set last.user = loop.index0 -%}"
+            "{%- endif -%}{%- endfor -%}"
+            "{%- for m in messages[ns.start:] -%}"
             "{%- if m['role'] == 'user' -%}"
             + ("{%- if loop.first and ns.system -%}{%- set c = " + q(sp) + " + ns.system + " + q(sm)
                + " + m['content'] + " + q(spost) + " -%}{%- else -%}{%- set c = m['content'] -%}{%- endif -%}"
                if not self.system else "{%- set c = m['content'] -%}")
             + "{{- " + q(up) + " + c + " + q(upost) + " -}}"
             "{%- elif m['role'] == 'assistant' -%}"
-            "{{- " + q(self.header) + " + " + q(ap) + " + m['content'] + " + q(apost) + " + " + q(self.sep) + " -}}"
+            "{{- " + q(self.header) + " -}}{%- if loop.index0 > last.user -%}{{- " + q(self.think) + " -}}{%- endif -%}"
+            "{{- " + q(ap) + " + m['content'] + " + q(apost) + " + " + q(self.sep) + " -}}"
             "{%- endif -%}{%- endfor -%}"
-            "{%- if add_generation_prompt -%}{{- " + q(self.header) + " -}}"
+            "{%- if add_generation_prompt -%}{{- " + q(self.header + (self.think if self.think_in_prompt else "")) + " -}}"
             "{%- else -%}{{- " + q(self.suffix) + " -}}{%- endif -%}"
         )
 
@@ -264,9 +274,20 @@ TEMPLATES: dict[str, Template] = {t.name: t for t in [
              user="<|start_header_id|>user<|end_header_id|>\n\n{content}<|eot_id|>",
              header="<|start_header_id|>assistant<|end_header_id|>\n\n", assistant="{content}<|eot_id|>",
              stop=("<|eot_id|>", "<|end_of_text|>")),
-    Template("qwen", family="Qwen 1.5 / 2 / 2.5 (ChatML)", system="<|im_start|>system\n{content}<|im_end|>\n",
-             default_system="You are a helpful assistant.", user="<|im_start|>user\n{content}<|im_end|>\n",
+    Template("qwen", family="Qwen2.5 instruct (ChatML; Qwen2's default system was 'You are a helpful assistant.')",
+             system="<|im_start|>system\n{content}<|im_end|>\n",
+             default_system="You are Qwen, created by Alibaba Cloud. You are a helpful assistant.",
+             user="<|im_start|>user\n{content}<|im_end|>\n",
              header="<|im_start|>assistant\n", assistant="{content}<|im_end|>", sep="\n",
+             stop=("<|im_end|>", "<|endoftext|>")),
+    Template("qwen3", family="Qwen3 (thinking: the model writes <think>...</think> before the final answer)",
+             system="<|im_start|>system\n{content}<|im_end|>\n", user="<|im_start|>user\n{content}<|im_end|>\n",
+             header="<|im_start|>assistant\n", assistant="{content}<|im_end|>", sep="\n",
+             think="<think>\n\n</think>\n\n", stop=("<|im_end|>", "<|endoftext|>")),
+    Template("qwen3_nothink", family="Qwen3 with thinking off (enable_thinking=False: the empty think block is "
+             "part of the prompt)", system="<|im_start|>system\n{content}<|im_end|>\n",
+             user="<|im_start|>user\n{content}<|im_end|>\n", header="<|im_start|>assistant\n",
+             assistant="{content}<|im_end|>", sep="\n", think="<think>\n\n</think>\n\n", think_in_prompt=True,
              stop=("<|im_end|>", "<|endoftext|>")),
     Template("chatml", family="ChatML without a default system (also the tiny model's)",
              system="<|im_start|>system\n{content}<|im_end|>\n", user="<|im_start|>user\n{content}<|im_end|>\n",

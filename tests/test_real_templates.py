@@ -124,3 +124,39 @@ def test_render_with_tools_through_the_official_template(official, tiny_tokenize
     assert seen.text == tok.apply_chat_template(conv, tools=[weather], tokenize=False)
     assert "get_weather" in seen.text and "# Tools" in seen.text and "You are Qwen, created by Alibaba Cloud" in seen.text
     assert seen.trained_text == "Low-rank adapters.<|im_end|>"
+
+
+# built-in template -> (official template it equals, eos, bos, what the official one is given)
+BUILTINS = {
+    "qwen": ("Qwen-Qwen2.5-7B-Instruct", "<|im_end|>", None, {}),
+    "qwen3": ("Qwen-Qwen3-0.6B", "<|im_end|>", None, {}),
+    "qwen3_nothink": ("Qwen-Qwen3-0.6B", "<|im_end|>", None, {"enable_thinking": False}),
+    "phi": ("microsoft-Phi-3.5-mini-instruct", "<|endoftext|>", "<s>", {}),
+    "gemma": ("google-gemma-2-2b-it", "<eos>", "<bos>", {}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BUILTINS))
+def test_builtin_equals_the_official_template(name, official, tiny_tokenizer):
+    """Training texts and generation prompts, with and without a system turn, one and two turns."""
+    from ftkit.templates import get_template
+
+    source, eos, bos, kwargs = BUILTINS[name]
+    tok = host(tiny_tokenizer, official[source])
+    tok.add_special_tokens({"eos_token": eos, **({"bos_token": bos} if bos else {})})
+    builtin = get_template(name, tok)
+    for label, conversation in CONVERSATIONS.items():
+        if name == "gemma" and conversation[0]["role"] == "system":
+            with pytest.raises(Exception, match="System role not supported"):  # Gemma 2 has none: the built-in
+                tok.apply_chat_template(conversation, tokenize=False)  # puts it in the first user turn instead
+            continue
+        assert builtin.render(conversation).text == tok.apply_chat_template(conversation, tokenize=False, **kwargs), label
+        asked = conversation[:-1]
+        assert builtin.render(asked, add_generation_prompt=True).text == \
+            tok.apply_chat_template(asked, tokenize=False, add_generation_prompt=True, **kwargs), label
+        if not kwargs:  # the built-in trains what `auto` trains on the official template
+            mine, auto = builtin.render(conversation), TokenizerTemplate(tok).render(conversation)
+            trained = [mine.text[a:b] for a, b in mine.spans]
+            if builtin.suffix and trained[-1] == builtin.suffix:
+                trained = trained[:-1]  # Phi's built-in also trains the text's closing <|endoftext|>
+            assert trained == [auto.text[a:b] for a, b in auto.spans], label

@@ -45,8 +45,6 @@ EXPECTED = {
 GENERATION_PROMPT = {  # a single user turn, ready for the model to answer (no system message)
     "llama3": "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>"
               "<|start_header_id|>assistant<|end_header_id|>\n\n",
-    "qwen": "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
-            "<|im_start|>assistant\n",
     "chatglm3": "[gMASK]sop<|user|>\n Hi<|assistant|>",
     "deepseek": "<｜begin▁of▁sentence｜>User: Hi\n\nAssistant:",
     "alpaca": "Below is an instruction that describes a task. Write a response that appropriately completes the "
@@ -72,7 +70,9 @@ def test_generation_prompt(name):
 
 
 def test_every_builtin_has_an_expected_string():
-    assert set(TEMPLATES) - set(EXPECTED) == {"chatml"}  # chatml == qwen without the default system
+    # chatml == qwen without the default system; qwen3 and qwen3_nothink (and qwen's default system and generation
+    # prompt) are checked against the official templates in tests/test_real_templates.py
+    assert set(TEMPLATES) - set(EXPECTED) == {"chatml", "qwen3", "qwen3_nothink"}
     chatml = get_template("chatml", EosOnly()).render(CHAT).text
     assert chatml == EXPECTED["qwen"]
 
