@@ -14,7 +14,7 @@ from ftkit.config import ADAPTER_CONFIG
 from ftkit.errors import ModelError
 from ftkit.model import quiet
 from ftkit.folders import adapter_folder, partial_dir, replace_dir, run_config_of
-from ftkit.templates import single_token_ids
+from ftkit.templates import chat_template_to_save, single_token_ids
 
 PROBE = [[{"role": "user", "content": "What is LoRA?"}],
          [{"role": "user", "content": "你好，请介绍一下你自己。"}]]
@@ -63,7 +63,9 @@ def merge(adapter_dir: str | Path, out: str | Path | None = None, tolerance: flo
 
     tmp = partial_dir(out)
     merged.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.chat_template = template.jinja()
+    # the base model's own template is kept unless the run trained on one that renders differently
+    tokenizer.chat_template, template_note = chat_template_to_save(
+        template, M.load_tokenizer(base_path, cfg.tokenizer_name_or_path if cfg else None))
     tokenizer.save_pretrained(tmp)
     _set_stop_tokens(tmp, tokenizer, template)
     if cfg:
@@ -71,7 +73,8 @@ def merge(adapter_dir: str | Path, out: str | Path | None = None, tolerance: flo
     replace_dir(tmp, out)
     if console:
         print(f"merged {adapter} into {base_name} -> {out}\n"
-              f"  check: max |logit difference| on a probe batch = {diff:.2e} (allowed {tolerance:.0e} x scale)")
+              f"  check: max |logit difference| on a probe batch = {diff:.2e} (allowed {tolerance:.0e} x scale)"
+              + (f"\n  {template_note}" if template_note else ""))
     return out
 
 

@@ -313,6 +313,34 @@ TEMPLATES: dict[str, Template] = {t.name: t for t in [
 ]}
 
 
+SAVE_PROBES = [
+    [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}],
+    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "A"},
+     {"role": "user", "content": "Again?"}, {"role": "assistant", "content": "B"}],
+]
+
+
+def chat_template_to_save(template, tokenizer) -> tuple[str, str | None]:
+    """The chat template a saved adapter or merged model carries, and a note when it is not the tokenizer's own.
+    The tokenizer's own (official) template is kept, with its tools, dates and thinking logic, whenever the run's
+    template renders what it renders; ftkit's is written only where they differ, since the model learned that."""
+    own = getattr(tokenizer, "chat_template", None)
+    if isinstance(template, TokenizerTemplate) or not own:
+        return (own or template.jinja()), (None if own else f"chat template: ftkit's {template.name} written "
+                                           "(the tokenizer had none)")
+    try:
+        same = all(tokenizer.apply_chat_template(m, tokenize=False) == template.render(m).text and
+                   tokenizer.apply_chat_template(m[:-1], tokenize=False, add_generation_prompt=True) ==
+                   template.render(m[:-1], add_generation_prompt=True).text for m in SAVE_PROBES)
+    except Exception:  # noqa: BLE001 - an own template that cannot render the probes is not the one trained on
+        same = False
+    if same:
+        return own, None
+    return template.jinja(), (f"chat template: ftkit's {template.name} written over the tokenizer's own, which "
+                              "renders conversations differently (the model was trained on "
+                              f"{template.name}); use template: auto to keep the model's own format")
+
+
 def single_token_ids(tokenizer, texts) -> list[int]:
     """Ids of the strings that are one token for this tokenizer (end-of-turn markers), in order, once each."""
     ids = []

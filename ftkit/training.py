@@ -21,6 +21,7 @@ from ftkit.errors import ConfigError, RunError
 from ftkit.events import ConsoleProgress, Emitter, JsonlLog, RunMetrics
 from ftkit.folders import partial_dir, replace_dir, trained_dir
 from ftkit.planning import Plan, plan
+from ftkit.templates import chat_template_to_save
 
 
 @dataclass
@@ -87,7 +88,7 @@ def _train(cfg: RunConfig, callbacks, console: bool, should_stop) -> Run:
     if packed and cfg.flash_attn == "auto":  # an explicit sdpa or eager is taken literally
         M.use_packed_attention(model, cfg.cutoff_len)
     M.match_vocab(model, tokenizer)
-    notes = [M.attention_impl(cfg.flash_attn)[1]]
+    notes = [M.attention_impl(cfg.flash_attn)[1], chat_template_to_save(p.template, tokenizer)[1]]
     model = M.make_trainable(model, cfg, notes)
     out.mkdir(parents=True, exist_ok=True)
     main = int(os.environ.get("RANK", "0")) == 0  # with several processes, the first one writes and prints
@@ -376,7 +377,7 @@ def save_trained(model, tokenizer, template, cfg: RunConfig, out: Path, initial:
             model.save_pretrained(tmp, safe_serialization=True, path_initial_model_for_weight_conversion=str(initial))
         else:
             model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.chat_template = template.jinja()
+        tokenizer.chat_template, _ = chat_template_to_save(template, tokenizer)  # the note: the begin event
         tokenizer.save_pretrained(tmp)
         cfg.save(tmp / ADAPTER_CONFIG)
     except OSError as e:

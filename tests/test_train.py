@@ -462,3 +462,27 @@ ftkit.train(base_config("out/k", max_steps=6, save_steps=2), console=False)
     resumed = ftkit.train(base_config("out/k", max_steps=6, save_steps=2, resume_from_checkpoint=True), console=False)
     assert [e["step"] for e in resumed.metrics if e["kind"] == "step"][0] == 3
     assert not (out / ".staging").exists() and (out / "checkpoint-6").is_dir()
+
+
+def test_saved_and_merged_models_keep_the_official_template_unless_trained_on_another(workdir, capsys):
+    """auto, or a named template that renders what the tokenizer's own renders, keeps the tokenizer's own template
+    (its tools, dates and thinking logic); a named template that differs is written, and the run and merge say so."""
+    from transformers import AutoTokenizer
+
+    from ftkit.model import resolve
+
+    own = AutoTokenizer.from_pretrained(resolve("tiny")).chat_template
+    for template in ("auto", "chatml"):  # chatml renders what tiny's own ChatML template renders
+        run = ftkit.train(base_config(workdir / template, max_steps=1, template=template), console=False)
+        merged = ftkit.merge(run.adapter_dir, console=False)
+        assert AutoTokenizer.from_pretrained(run.adapter_dir).chat_template == own, template
+        assert AutoTokenizer.from_pretrained(merged).chat_template == own, template
+        assert not run.metrics[0]["note"]
+    run = ftkit.train(base_config(workdir / "qwen", max_steps=1, template="qwen"), console=False)
+    assert "ftkit's qwen written over the tokenizer's own" in run.metrics[0]["note"]
+    saved = AutoTokenizer.from_pretrained(run.adapter_dir).chat_template
+    assert saved != own and "You are Qwen, created by Alibaba Cloud" in saved
+    capsys.readouterr()
+    merged = ftkit.merge(run.adapter_dir)
+    assert "ftkit's qwen written over the tokenizer's own" in capsys.readouterr().out
+    assert AutoTokenizer.from_pretrained(merged).chat_template == saved
