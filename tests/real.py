@@ -1,6 +1,7 @@
 """Real-world fixtures, fetched at test time into a cache (never into the repository): the official chat templates
-of ~70 released models, from llama.cpp's `models/templates/`, as shipped inside llama-cpp-python's source
-distribution on PyPI. One helper, so a registry that cannot be reached is one clear skip, not 70 failures.
+of ~70 released models and real tokenizers (Llama 3, Qwen2, Phi-3, DeepSeek) with their tokenization test vectors,
+from llama.cpp's `models/` folder as shipped inside llama-cpp-python's source distribution on PyPI. One helper,
+so a registry that cannot be reached is one clear skip, not 70 failures.
 
 The cache is $FTKIT_REAL_CACHE, else ~/.cache/ftkit/real.
 """
@@ -15,17 +16,20 @@ from pathlib import Path
 import pytest
 
 LLAMA_CPP_PYTHON = "llama-cpp-python==0.3.36"  # its sdist vendors llama.cpp's models/ folder
+VOCABS = {"llama-bpe": "llama", "qwen2": "qwen2", "phi-3": "phi3", "deepseek-llm": "llama"}  # -> model_type
 
 
 def cache() -> Path:
     return Path(os.environ.get("FTKIT_REAL_CACHE") or Path.home() / ".cache" / "ftkit" / "real")
 
 
-def llama_cpp_templates() -> Path:
-    """The folder of official `*.jinja` chat templates (downloaded and unpacked once, ~30 s)."""
-    dest = cache() / LLAMA_CPP_PYTHON.replace("==", "-") / "templates"
-    if dest.is_dir() and any(dest.glob("*.jinja")):
+def llama_cpp_models() -> Path:
+    """llama.cpp's models/ folder, as far as the tests use it: templates/*.jinja, and ggml-vocab-NAME.gguf with its
+    .inp/.out test vectors for the VOCABS (downloaded and unpacked once, ~30 s)."""
+    dest = cache() / LLAMA_CPP_PYTHON.replace("==", "-")
+    if (dest / "complete").exists():
         return dest
+    wanted = tuple(f"ggml-vocab-{name}.gguf" for name in VOCABS)
     with tempfile.TemporaryDirectory() as tmp:
         p = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
                             LLAMA_CPP_PYTHON, "-d", tmp], capture_output=True, text=True, timeout=900)
@@ -35,11 +39,49 @@ def llama_cpp_templates() -> Path:
             pytest.skip(f"real fixtures: pip could not download {LLAMA_CPP_PYTHON} ({reason})")
         partial = dest.with_name(dest.name + f".partial-{os.getpid()}")
         shutil.rmtree(partial, ignore_errors=True)
-        partial.mkdir(parents=True)
+        (partial / "templates").mkdir(parents=True)
         with tarfile.open(sdist) as tar:
             for member in tar.getmembers():
-                if member.isfile() and "/models/templates/" in member.name and member.name.endswith(".jinja"):
-                    (partial / Path(member.name).name).write_bytes(tar.extractfile(member).read())
+                name = Path(member.name).name
+                if not member.isfile() or "/models/" not in member.name:
+                    continue
+                if "/models/templates/" in member.name and name.endswith(".jinja"):
+                    (partial / "templates" / name).write_bytes(tar.extractfile(member).read())
+                elif name.startswith(wanted):
+                    (partial / name).write_bytes(tar.extractfile(member).read())
+        (partial / "complete").touch()
         shutil.rmtree(dest, ignore_errors=True)
         os.replace(partial, dest)
     return dest
+
+
+def llama_cpp_templates() -> Path:
+    """The folder of official `*.jinja` chat templates."""
+    return llama_cpp_models() / "templates"
+
+
+def real_tokenizer(name: str) -> Path:
+    """A tokenizer-only model folder (tokenizer files and a config.json, no weights) converted by transformers from
+    llama.cpp's ggml-vocab-NAME.gguf (~1-12 s each, once; needs the gguf package)."""
+    dest = cache() / "tokenizers" / name
+    if (dest / "config.json").exists():
+        return dest
+    pytest.importorskip("gguf", reason="real tokenizers are converted from GGUF files with the gguf package")
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(llama_cpp_models(), gguf_file=f"ggml-vocab-{name}.gguf")
+    partial = dest.with_name(dest.name + f".partial-{os.getpid()}")
+    shutil.rmtree(partial, ignore_errors=True)
+    tokenizer.save_pretrained(partial)
+    (partial / "config.json").write_text(f'{{"model_type": "{VOCABS[name]}"}}\n')
+    shutil.rmtree(dest, ignore_errors=True)
+    os.replace(partial, dest)
+    return dest
+
+
+def vocab_vectors(name: str) -> list[tuple[str, list[int]]]:
+    """llama.cpp's tokenization test vectors for a vocabulary: (text, expected ids)."""
+    folder = llama_cpp_models()
+    texts = (folder / f"ggml-vocab-{name}.gguf.inp").read_text(encoding="utf-8").split("\n__ggml_vocab_test__\n")
+    ids = (folder / f"ggml-vocab-{name}.gguf.out").read_text(encoding="utf-8").split("\n")
+    return [(t, [int(i) for i in line.split()]) for t, line in zip(texts, ids)]

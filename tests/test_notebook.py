@@ -416,7 +416,7 @@ def test_preview_shows_chinese_and_emoji_whole(tmp_path, tiny_tokenizer):
     (example,) = ftkit.preview(str(tmp_path / "zh.json"), n=1).examples
     texts = [t for t, _ in example]
     assert not any("\ufffd" in t for t in texts) and "饕" in texts and "🐉" in texts
-    assert "".join(t for t, trained in example if trained) == answer + "<|im_end|>\n"
+    assert "".join(t for t, trained in example if trained) == answer + "<|im_end|>"
     assert "".join(texts) == tiny_tokenizer.apply_chat_template(record["conversation"], tokenize=False)
 
 

@@ -1,0 +1,86 @@
+"""Data preparation on real tokenizers (Llama 3, Qwen2, Phi-3, DeepSeek: tokenizer-only folders converted from
+llama.cpp's vocabularies, tests/real.py), not only on tiny's: label masks, the end-of-turn token, the preview and
+packed batches, with each family's built-in template and with its official template through `auto`."""
+import json
+
+import pytest
+
+from conftest import DATA
+from ftkit.data import IGNORE, encode, token_pieces
+from ftkit.model import load_tokenizer
+from ftkit.templates import get_template, single_token_ids
+from real import llama_cpp_templates, real_tokenizer, vocab_vectors
+
+# vocabulary: (built-in template, official template for `auto`, end-of-turn token, llama.cpp's test vectors the
+# converted tokenizer reproduces, of 45 non-empty)
+FAMILIES = {
+    "llama-bpe": ("llama3", "meta-llama-Llama-3.1-8B-Instruct", "<|eot_id|>", 44),  # of 45: not "ied 4 ½ months"
+    "qwen2": ("qwen", "Qwen-Qwen2.5-7B-Instruct", "<|im_end|>", 45),
+    "phi-3": ("phi", "microsoft-Phi-3.5-mini-instruct", "<|end|>", 45),
+    "deepseek-llm": ("deepseek", None, "<｜end▁of▁sentence｜>", 44),  # of 45: not "Cửa Việt"
+}
+CASES = [(v, kind) for v in FAMILIES for kind in ("builtin", "auto") if kind == "builtin" or FAMILIES[v][1]]
+
+
+def conversations(n=60):
+    """The demo set's first conversations: English and Chinese, single and multi-turn."""
+    records = json.loads((DATA / "demo_zh_en.json").read_text(encoding="utf-8"))[:n]
+    convs = [r["conversation"] for r in records]
+    assert any(len(c) > 2 for c in convs) and any("的" in m["content"] for c in convs for m in c)
+    return convs
+
+
+def tokenizer_and_template(vocab: str, kind: str):
+    builtin, official, _, _ = FAMILIES[vocab]
+    tok = load_tokenizer(str(real_tokenizer(vocab)))
+    if kind == "auto":
+        tok.chat_template = (llama_cpp_templates() / f"{official}.jinja").read_text(encoding="utf-8")
+        return tok, get_template("auto", tok)
+    return tok, get_template(builtin, tok)
+
+
+@pytest.mark.parametrize("vocab", sorted(FAMILIES))
+def test_converted_tokenizers_match_llama_cpps_vectors(vocab):
+    tok = load_tokenizer(str(real_tokenizer(vocab)))
+    vectors = [(t, ids) for t, ids in vocab_vectors(vocab) if t or ids]
+    missed = [t for t, ids in vectors if tok(t, add_special_tokens=False)["input_ids"] != ids]
+    assert len(vectors) - len(missed) >= FAMILIES[vocab][3], (len(vectors), missed)
+
+
+@pytest.mark.parametrize("vocab, kind", CASES)
+def test_labels_are_the_answers_and_end_of_turn_on_real_tokenizers(vocab, kind):
+    tok, template = tokenizer_and_template(vocab, kind)
+    eot = FAMILIES[vocab][2]
+    (eot_id,) = single_token_ids(tok, [eot])  # one token in the real vocabulary
+    convs = conversations()
+    rows, stats = encode(convs, tok, template, cutoff_len=4096)
+    assert stats.examples == len(convs) and stats.eot_trained and not stats.truncated_turns
+    for conv, row in zip(convs, rows):
+        rendered = template.render(conv)
+        enc = tok(rendered.text, add_special_tokens=False, return_offsets_mapping=True)
+        assert enc["input_ids"] == row["input_ids"]  # one tokenization of the whole text
+        covered = {i for (a, b), label in zip(enc["offset_mapping"], row["labels"]) if label != IGNORE
+                   for i in range(a, b)}  # byte-level tokens of one character share its offsets: a set
+        assert covered == {i for a, b in rendered.spans for i in range(a, b)}  # token edges on span edges
+        trained = tok.decode([t for t in row["labels"] if t != IGNORE])
+        answers = [m["content"] for m in conv if m["role"] == "assistant"]
+        assert [l for l in row["labels"] if l == eot_id] == [eot_id] * len(answers)  # each answer ends with it
+        assert all(a in trained for a in answers)
+
+
+@pytest.mark.parametrize("vocab", sorted(FAMILIES))
+def test_preview_pieces_and_packed_batches_on_real_tokenizers(vocab):
+    from ftkit.training import collator
+
+    tok, template = tokenizer_and_template(vocab, "builtin")
+    convs = [c for c in conversations() if any("的" in m["content"] for m in c)][:3]
+    rows, _ = encode(convs, tok, template, cutoff_len=4096)
+    for row in rows:
+        pieces = token_pieces(tok, row["input_ids"])
+        assert "".join(p for p, _, _ in pieces) == tok.decode(row["input_ids"]) and not any("\ufffd" in p for p, _, _ in pieces)
+    batch = collator(tok, packed=True)([{"input_ids": r["input_ids"], "labels": r["labels"]} for r in rows])
+    starts = [0]
+    for r in rows[:-1]:
+        starts.append(starts[-1] + len(r["input_ids"]))
+    assert batch["position_ids"][0, starts].tolist() == [0] * len(rows)
+    assert batch["labels"][0, starts].tolist() == [IGNORE] * len(rows)  # nothing predicted across examples
