@@ -112,7 +112,7 @@ def test_merge_refuses_full_runs_and_missing_adapters(workdir):
 def chat_run(tmp_path_factory):
     """LoRA on the demo set long enough to learn the identity answers and to stop."""
     out = tmp_path_factory.mktemp("chat") / "run"
-    run = ftkit.train(base_config(out, max_steps=150, learning_rate=2e-3, lora_rank=16, logging_steps=50,
+    run = ftkit.train(base_config(out, max_steps=200, learning_rate=2e-3, lora_rank=16, logging_steps=50,
                                   lr_scheduler_type="constant"), console=False)
     return run, ftkit.merge(run.adapter_dir, console=False)
 
