@@ -176,7 +176,7 @@ class TokenizerTemplate:
 
         def lead(s: str) -> str:  # the special tokens that s starts with, one after another
             run = ""
-            while tok := next((t for t in specials if s.startswith(run + t, 0)), None):
+            while tok := next((t for t in specials if s.startswith(run + t)), None):
                 run += tok
             return run
 
