@@ -60,13 +60,13 @@ def convert(input, output, source_format: str = "auto") -> int:
 
 
 def render(messages, template: str = "auto", model: str = "tiny", add_generation_prompt: bool = False, tools=None,
-           train_on_prompt: bool = False):
+           train_on_prompt: bool = False, enable_thinking: bool | None = None):
     """What the model sees for `messages`: `.text`, `.input_ids`, `.labels` (-100 where not trained),
     `.trained_text`; the same code path as training. `model` may be a folder holding only a tokenizer."""
     from ftkit.data import render as _render
 
     return _render(messages, template=template, model=model, add_generation_prompt=add_generation_prompt,
-                   tools=tools, train_on_prompt=train_on_prompt)
+                   tools=tools, train_on_prompt=train_on_prompt, enable_thinking=enable_thinking)
 
 
 runs: dict = {}  # runs started by %%finetune in this kernel, by name

@@ -44,6 +44,9 @@ class RunConfig:
     allow_pickle: bool = _f(False, "Load weights from pickled .bin/.pt files (unpickling can run code hidden in the "
                                    "file). Off: safetensors only.")
     template: str = _f("auto", "Chat template: `auto` (the tokenizer's own) or a built-in name (see `ftkit models`).")
+    enable_thinking: bool | None = _f(None, "Thinking models (Qwen3, ...): false turns thinking off (the empty think "
+                                            "block goes into the prompt); passed to templates that read it. "
+                                            "Default: the template's own.")
     flash_attn: str = _f("auto", "Attention kernel: auto | fa2 | sdpa | eager. fa2 needs CUDA and flash-attn installed.")
     # data
     dataset: str | None = _f(None, "Data file(s) or name(s) from dataset_info.json, comma-separated.")

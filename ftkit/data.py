@@ -402,7 +402,7 @@ class Example:
 
 
 def render(messages: list[dict], template: str = "auto", model: str = "tiny", add_generation_prompt: bool = False,
-           tools: list | None = None, train_on_prompt: bool = False) -> Example:
+           tools: list | None = None, train_on_prompt: bool = False, enable_thinking: bool | None = None) -> Example:
     """What a model sees for `messages`: the template's text, its input_ids and the labels training uses, through
     the same code as training and the preview. `model` may be a folder holding only a tokenizer (and config.json).
     `tools` go to the tokenizer's own template (`auto`); with `add_generation_prompt` nothing is trained."""
@@ -411,7 +411,7 @@ def render(messages: list[dict], template: str = "auto", model: str = "tiny", ad
 
     path = M.resolve(model)
     tokenizer = M.load_tokenizer(path)
-    tmpl = get_template(template, tokenizer, M.model_type(path))
+    tmpl = get_template(template, tokenizer, M.model_type(path), enable_thinking)
     if tools is not None and not isinstance(tmpl, TokenizerTemplate):
         raise ConfigError(f"template: {template} renders no tools; use template: auto with a tokenizer whose "
                           "chat template takes tools")
@@ -500,6 +500,7 @@ def _fingerprint(path: Path, tokenizer, template, cutoff_len: int, train_on_prom
     h = hashlib.sha256()
     code = b"".join((Path(__file__).parent / f).read_bytes() for f in ("data.py", "templates.py"))  # how rows are made
     for part in (ftkit.__version__, code, path.read_bytes(), backend.to_str(), template.jinja(), repr(template.stop),
+                 repr(getattr(template, "kwargs", None)),
                  repr((cutoff_len, train_on_prompt, fmt, columns))):
         h.update(part if isinstance(part, bytes) else part.encode())
         h.update(b"\0")

@@ -40,12 +40,9 @@ def _stamp(folder) -> tuple | None:
         return None
 
 
-def _template_name(*folders) -> str | None:
-    for f in folders:
-        cfg = run_config_of(Path(f)) if f else None
-        if cfg:
-            return cfg.template
-    return None
+def _run_config(*folders):
+    """The run config saved beside the first of these folders that has one (the adapter's, else the model's)."""
+    return next((c for c in (run_config_of(Path(f)) for f in folders if f) if c), None)
 
 
 def _tokenizer_and_template(path: str, adapter: str | None, template: str | None):
@@ -53,8 +50,9 @@ def _tokenizer_and_template(path: str, adapter: str | None, template: str | None
 
     tokenizer = M.load_tokenizer(adapter or path)  # an adapter folder carries the run's tokenizer
     tokenizer.padding_side = "left"
-    name = template or _template_name(adapter, path) or "auto"
-    return tokenizer, templates.get_template(name, tokenizer, M.model_type(path))
+    run = _run_config(adapter, path)  # the run's template and thinking setting, unless a template is named
+    name = template or (run.template if run else "auto")
+    return tokenizer, templates.get_template(name, tokenizer, M.model_type(path), run.enable_thinking if run else None)
 
 
 @quiet()
@@ -80,7 +78,7 @@ def load(model: str, adapter: str | None = None, template: str | None = None):
 
     dev = M.device()
     dtype = torch.bfloat16 if dev == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
-    run_cfg = next((c for c in (run_config_of(Path(f)) for f in (adapter, path) if f) if c), None)
+    run_cfg = _run_config(adapter, path)
     try:
         net = AutoModelForCausalLM.from_pretrained(path, dtype=dtype,
                                                    **M.safe_weights(path, bool(run_cfg and run_cfg.allow_pickle)))

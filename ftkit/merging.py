@@ -40,7 +40,8 @@ def merge(adapter_dir: str | Path, out: str | Path | None = None, tolerance: flo
     tolerance = tolerance if tolerance is not None else (2e-2 if use_bf16 else 1e-4)
 
     tokenizer = M.load_tokenizer(str(adapter))  # the adapter folder carries the run's tokenizer + template
-    template = templates.get_template(cfg.template if cfg else "auto", tokenizer, M.model_type(base_path))
+    template = templates.get_template(cfg.template if cfg else "auto", tokenizer, M.model_type(base_path),
+                                      cfg.enable_thinking if cfg else None)
     from transformers import AutoModelForCausalLM
 
     base = AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype,

@@ -61,7 +61,7 @@ def plan(config) -> Plan:
 
     model_path = M.resolve(cfg.model_name_or_path)
     tokenizer = M.load_tokenizer(model_path, cfg.tokenizer_name_or_path, cfg.trust_remote_code, cfg.added_tokens)
-    template = templates.get_template(cfg.template, tokenizer, M.model_type(model_path))
+    template = templates.get_template(cfg.template, tokenizer, M.model_type(model_path), cfg.enable_thinking)
     prepared = data.prepare(cfg, tokenizer, template)
     stats = prepared.stats
     if not stats.eot_trained and not cfg.train_on_prompt:

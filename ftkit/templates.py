@@ -127,13 +127,14 @@ class TokenizerTemplate:
     PROBE = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"},
              {"role": "user", "content": "Bye"}, {"role": "assistant", "content": "Ciao"}]
 
-    def __init__(self, tokenizer):
+    def __init__(self, tokenizer, options: dict | None = None):
         if not getattr(tokenizer, "chat_template", None):
             raise ConfigError(
                 "template: auto needs a tokenizer with a chat_template, and this one has none; "
                 f"name a built-in template ({', '.join(TEMPLATES)})")
         self.tokenizer = tokenizer
-        self.kwargs: dict = {}
+        self.options = dict(options or {})  # template variables of the run (enable_thinking)
+        self.kwargs: dict = dict(self.options)
         self.fold_system = False
         self.markers, self.closes_last = self._end_of_turn()
         eos = tokenizer.eos_token
@@ -152,7 +153,8 @@ class TokenizerTemplate:
     def _probe(self, messages) -> str:
         """Render a probe conversation; a template written for tool use may need `tools` given (empty), and one
         that refuses a system turn (Gemma 2) gets the system text at the start of the first user turn."""
-        for self.kwargs, self.fold_system in (({}, False), ({"tools": []}, False), ({}, True), ({"tools": []}, True)):
+        for extra, self.fold_system in (({}, False), ({"tools": []}, False), ({}, True), ({"tools": []}, True)):
+            self.kwargs = {**self.options, **extra}
             try:
                 return self._apply(messages, False)
             except Exception as e:  # noqa: BLE001 - a template may raise anything on a plain conversation
@@ -362,9 +364,13 @@ def check_template_name(name: str) -> str | None:
     return f"template: {name!r} is not a known template; {hint}choose auto or one of {', '.join(TEMPLATES)}"
 
 
-def get_template(name: str, tokenizer, model_type: str | None = None):
+THINKING = {"qwen3": ("qwen3", "qwen3_nothink"), "qwen3_nothink": ("qwen3", "qwen3_nothink")}  # (on, off)
+
+
+def get_template(name: str, tokenizer, model_type: str | None = None, enable_thinking: bool | None = None):
     """The template to train and chat with: a built-in bound to the tokenizer, or `auto` (the tokenizer's own;
-    for a tokenizer without one, the model family's default built-in)."""
+    for a tokenizer without one, the model family's default built-in). `enable_thinking` (None: the template's
+    default) goes to the tokenizer's template as its variable, and picks a built-in's thinking or non-thinking form."""
     problem = check_template_name(name)
     if problem:
         raise ConfigError(problem)
@@ -373,7 +379,10 @@ def get_template(name: str, tokenizer, model_type: str | None = None):
 
         fallback = DEFAULT_TEMPLATES.get(model_type or "", "auto")
         if getattr(tokenizer, "chat_template", None) or fallback == "auto":
-            return TokenizerTemplate(tokenizer)
+            options = {} if enable_thinking is None else {"enable_thinking": enable_thinking}
+            return TokenizerTemplate(tokenizer, options)
         name = fallback
+    if enable_thinking is not None and name in THINKING:
+        name = THINKING[name][0 if enable_thinking else 1]
     return TEMPLATES[name].bind(tokenizer)
 

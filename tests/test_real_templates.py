@@ -160,3 +160,30 @@ def test_builtin_equals_the_official_template(name, official, tiny_tokenizer):
             if builtin.suffix and trained[-1] == builtin.suffix:
                 trained = trained[:-1]  # Phi's built-in also trains the text's closing <|endoftext|>
             assert trained == [auto.text[a:b] for a, b in auto.spans], label
+
+
+def test_enable_thinking_reaches_the_official_template_and_picks_the_builtin(official, tiny_tokenizer, tmp_path):
+    import json
+
+    import ftkit
+    from ftkit.templates import get_template
+
+    tok = host(tiny_tokenizer, official["Qwen-Qwen3-0.6B"])
+    off = get_template("auto", tok, enable_thinking=False)
+    builtin = get_template("qwen3", tok, enable_thinking=False)
+    assert builtin.name == "qwen3_nothink" and get_template("qwen3_nothink", tok, enable_thinking=True).name == "qwen3"
+    for label, conversation in CONVERSATIONS.items():
+        asked = conversation[:-1]
+        prompt = off.render(asked, add_generation_prompt=True).text
+        assert prompt == tok.apply_chat_template(asked, tokenize=False, add_generation_prompt=True,
+                                                 enable_thinking=False) and prompt.endswith("<think>\n\n</think>\n\n")
+        mine, auto = builtin.render(conversation), off.render(conversation)
+        assert mine.text == auto.text, label  # thinking off: the empty think block is the prompt's, not trained
+        assert [mine.text[a:b] for a, b in mine.spans] == [auto.text[a:b] for a, b in auto.spans], label
+        assert auto.text[auto.spans[-1][0]:auto.spans[-1][1]] == conversation[-1]["content"] + "<|im_end|>"
+    tok.save_pretrained(tmp_path / "qwen3")
+    (tmp_path / "qwen3" / "config.json").write_text(json.dumps({"model_type": "qwen3"}))
+    seen = ftkit.render(CONVERSATIONS["one turn"], model=str(tmp_path / "qwen3"), enable_thinking=False)
+    assert seen.trained_text == "Low-rank adapters.<|im_end|>"
+    assert ftkit.render(CONVERSATIONS["one turn"], model=str(tmp_path / "qwen3")).trained_text == \
+        "<think>\n\n</think>\n\nLow-rank adapters.<|im_end|>"  # thinking on (the default): the model writes it

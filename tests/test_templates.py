@@ -142,3 +142,12 @@ def test_render_shows_text_tokens_and_labels_as_training_sees_them(tiny_tokenize
     assert ftkit.render(conv, model=str(folder), template="llama3").text.startswith("<|begin_of_text|>")
     with pytest.raises(ConfigError, match="renders no tools; use template: auto"):
         ftkit.render(conv, template="chatml", tools=[{"type": "function", "function": {"name": "f"}}])
+
+
+def test_a_run_config_carries_enable_thinking_to_its_template():
+    import ftkit
+    from ftkit.config import RunConfig
+
+    cfg = RunConfig.from_dict({"dataset": "demo", "template": "qwen3", "enable_thinking": False, "max_steps": 1})
+    assert ftkit.plan(cfg).template.name == "qwen3_nothink"
+    assert ftkit.plan(cfg.to_dict() | {"enable_thinking": None}).template.name == "qwen3"

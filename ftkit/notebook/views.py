@@ -96,7 +96,7 @@ def preview(dataset, template: str = "auto", model: str = "tiny", n: int = 3, **
     cfg = RunConfig.from_dict({"dataset": dataset, "template": template, "model_name_or_path": model, **config})
     path = M.resolve(cfg.model_name_or_path)
     tokenizer = M.load_tokenizer(path, cfg.tokenizer_name_or_path, cfg.trust_remote_code, cfg.added_tokens)
-    tmpl = templates.get_template(cfg.template, tokenizer, M.model_type(path))
+    tmpl = templates.get_template(cfg.template, tokenizer, M.model_type(path), cfg.enable_thinking)
     rows, _ = data.dataset_rows(cfg, tokenizer, tmpl, 10**9)  # whole examples: lengths before the cutoff
     _, whole = data.collect(rows)
     examples = []
