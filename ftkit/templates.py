@@ -43,6 +43,7 @@ class Template:
     family: str = ""
     think: str = ""             # before each answer that follows the last user turn (Qwen3's empty think block) ...
     think_in_prompt: bool = False  # ... generated, so trained; or (thinking off) part of the generation prompt
+    always_system: bool = False  # the system turn is written even when empty (Llama 3.1's dated header)
 
     def bind(self, tokenizer) -> "Template":
         """Fill `{eos}` with the tokenizer's eos token."""
@@ -54,7 +55,7 @@ class Template:
     def render(self, messages: list[dict], add_generation_prompt: bool = False) -> Rendered:
         system, turns = _split_system(messages, self.default_system)
         text, spans = self.prefix, []
-        if system and self.system:
+        if (system or self.always_system) and self.system:
             text += self.system.replace("{content}", system)
         last_user = max((i for i, m in enumerate(turns) if m["role"] == "user"), default=-1)
         for i, m in enumerate(turns):
@@ -92,8 +93,8 @@ class Template:
             "{%- if messages and messages[0]['role'] == 'system' -%}"
             "{%- set ns = namespace(system=messages[0]['content'], start=1) -%}"
             "{%- else -%}{%- set ns = namespace(system=" + q(self.default_system) + ", start=0) -%}{%- endif -%}"
-            + ("{%- if ns.system -%}{{- " + q(syspre) + " + ns.system + " + q(syspost) + " -}}{%- endif -%}"
-               if self.system else "")
+            + ("{%- if ns.system or " + ("true" if self.always_system else "false") + " -%}{{- " + q(syspre)
+               + " + ns.system + " + q(syspost) + " -}}{%- endif -%}" if self.system else "")
             + "{%- set last = namespace(user=-1) -%}"
             "{%- for m in messages[ns.start:] -%}{%- if m['role'] == 'user' -%}{%- set last.user = loop.index0 -%}"
             "{%- endif -%}{%- endfor -%}"
@@ -271,11 +272,19 @@ TEMPLATES: dict[str, Template] = {t.name: t for t in [
              assistant="{content}{eos}", sep="\n\n", stop=("{eos}",)),
     Template("llama2", family="Llama 2 chat", system_in_user="<<SYS>>\n{system}\n<</SYS>>\n\n{content}",
              user="<s>[INST] {content} [/INST]", assistant=" {content} </s>", stop=("</s>",)),
-    Template("llama3", family="Llama 3 / 3.1 / 3.2 instruct", prefix="<|begin_of_text|>",
+    Template("llama3", family="Llama 3 instruct (Meta-Llama-3-8B-Instruct; 3.1 and later: llama3_1)",
+             prefix="<|begin_of_text|>",
              system="<|start_header_id|>system<|end_header_id|>\n\n{content}<|eot_id|>",
              user="<|start_header_id|>user<|end_header_id|>\n\n{content}<|eot_id|>",
              header="<|start_header_id|>assistant<|end_header_id|>\n\n", assistant="{content}<|eot_id|>",
              stop=("<|eot_id|>", "<|end_of_text|>")),
+    Template("llama3_1", family="Llama 3.1 / 3.2 / 3.3 instruct (a system header with the knowledge cutoff and the "
+             "template's default date, always)", prefix="<|begin_of_text|>",
+             system="<|start_header_id|>system<|end_header_id|>\n\nCutting Knowledge Date: December 2023\n"
+                    "Today Date: 26 Jul 2024\n\n{content}<|eot_id|>", always_system=True,
+             user="<|start_header_id|>user<|end_header_id|>\n\n{content}<|eot_id|>",
+             header="<|start_header_id|>assistant<|end_header_id|>\n\n", assistant="{content}<|eot_id|>",
+             stop=("<|eot_id|>", "<|end_of_text|>", "<|eom_id|>")),
     Template("qwen", family="Qwen2.5 instruct (ChatML; Qwen2's default system was 'You are a helpful assistant.')",
              system="<|im_start|>system\n{content}<|im_end|>\n",
              default_system="You are Qwen, created by Alibaba Cloud. You are a helpful assistant.",

@@ -70,9 +70,9 @@ def test_generation_prompt(name):
 
 
 def test_every_builtin_has_an_expected_string():
-    # chatml == qwen without the default system; qwen3 and qwen3_nothink (and qwen's default system and generation
-    # prompt) are checked against the official templates in tests/test_real_templates.py
-    assert set(TEMPLATES) - set(EXPECTED) == {"chatml", "qwen3", "qwen3_nothink"}
+    # chatml == qwen without the default system; qwen3, qwen3_nothink and llama3_1 (and qwen's default system and
+    # generation prompt) are checked against the official templates in tests/test_real_templates.py
+    assert set(TEMPLATES) - set(EXPECTED) == {"chatml", "qwen3", "qwen3_nothink", "llama3_1"}
     chatml = get_template("chatml", EosOnly()).render(CHAT).text
     assert chatml == EXPECTED["qwen"]
 
