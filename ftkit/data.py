@@ -371,8 +371,8 @@ def encode_rows(conversations, tokenizer, template, cutoff_len: int, train_on_pr
     eot_ids = set(single_token_ids(tokenizer, template.stop))
     rows = []
     for r, ids, offsets in zip(rendered, enc["input_ids"], enc["offset_mapping"], strict=True):
-        trained = [train_on_prompt or any(s < e_ and b < e for b, e_ in r.spans) for s, e in offsets]
-        ids, trained, cut = truncate(ids, trained, cutoff_len, train_on_prompt)
+        ids, trained, cut = truncate(ids, trained_tokens(r.spans, offsets, train_on_prompt), cutoff_len,
+                                     train_on_prompt)
         labels = [t if keep else IGNORE for t, keep in zip(ids, trained, strict=True)]
         if eot_ids:
             eot = any(label in eot_ids for label in labels)
@@ -392,13 +392,12 @@ class Example:
     input_ids: list[int]
     labels: list[int]
     template: str
+    spans: list = field(default_factory=list, repr=False)  # trained character ranges of `text`
 
     @property
     def trained_text(self) -> str:
         """The trained tokens' text, in order (the answers and their end-of-turn markers)."""
         return "".join(self.text[a:b] for a, b in self.spans)
-
-    spans: list = field(default_factory=list, repr=False)
 
 
 def render(messages: list[dict], template: str = "auto", model: str = "tiny", add_generation_prompt: bool = False,
@@ -421,9 +420,14 @@ def render(messages: list[dict], template: str = "auto", model: str = "tiny", ad
         raise DataError(f"messages: {problem}")
     r = tmpl.render(messages, add_generation_prompt, **({"tools": tools} if tools is not None else {}))
     enc = tokenizer(r.text, add_special_tokens=False, return_offsets_mapping=True)
-    trained = [train_on_prompt or any(s < e_ and b < e for b, e_ in r.spans) for s, e in enc["offset_mapping"]]
+    trained = trained_tokens(r.spans, enc["offset_mapping"], train_on_prompt)
     labels = [t if keep else IGNORE for t, keep in zip(enc["input_ids"], trained)]
     return Example(r.text, enc["input_ids"], labels, tmpl.name, list(r.spans))
+
+
+def trained_tokens(spans: list[tuple[int, int]], offsets, train_on_prompt: bool = False) -> list[bool]:
+    """Per token (its character offsets): whether it overlaps a trained span."""
+    return [train_on_prompt or any(s < e_ and b < e for b, e_ in spans) for s, e in offsets]
 
 
 def truncate(ids: list[int], trained: list[bool], cutoff_len: int, train_on_prompt: bool = False):

@@ -28,6 +28,7 @@ def require_onnx():
 def is_onnx_folder(path) -> bool:
     return (Path(path) / ONNX_FILE).exists()
 
+
 _CACHE: dict = {}
 
 
@@ -45,13 +46,12 @@ def _run_config(*folders):
     return next((c for c in (run_config_of(Path(f)) for f in folders if f) if c), None)
 
 
-def _tokenizer_and_template(path: str, adapter: str | None, template: str | None):
+def _tokenizer_and_template(path: str, adapter: str | None, template: str | None, run):
     from ftkit import model as M, templates
 
     tokenizer = M.load_tokenizer(adapter or path)  # an adapter folder carries the run's tokenizer
     tokenizer.padding_side = "left"
-    run = _run_config(adapter, path)  # the run's template and thinking setting, unless a template is named
-    name = template or (run.template if run else "auto")
+    name = template or (run.template if run else "auto")  # the run's template and thinking setting, unless named
     return tokenizer, templates.get_template(name, tokenizer, M.model_type(path), run.enable_thinking if run else None)
 
 
@@ -67,7 +67,8 @@ def load(model: str, adapter: str | None = None, template: str | None = None):
     from ftkit import model as M
 
     path = M.resolve(model, key="model")
-    tokenizer, tmpl = _tokenizer_and_template(path, adapter, template)
+    run_cfg = _run_config(adapter, path)
+    tokenizer, tmpl = _tokenizer_and_template(path, adapter, template, run_cfg)
     if is_onnx_folder(path):
         if adapter:
             raise ModelError(f"{model}: an ONNX export cannot take an adapter; merge before exporting")
@@ -78,7 +79,6 @@ def load(model: str, adapter: str | None = None, template: str | None = None):
 
     dev = M.device()
     dtype = torch.bfloat16 if dev == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
-    run_cfg = _run_config(adapter, path)
     try:
         net = AutoModelForCausalLM.from_pretrained(path, dtype=dtype,
                                                    **M.safe_weights(path, bool(run_cfg and run_cfg.allow_pickle)))

@@ -7,13 +7,12 @@ logits must agree, else merge fails loudly and writes nothing.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ftkit.config import ADAPTER_CONFIG
 from ftkit.errors import ModelError
+from ftkit.folders import adapter_folder, model_and_adapter, partial_dir, replace_dir, run_config_of
 from ftkit.model import quiet
-from ftkit.folders import adapter_folder, partial_dir, replace_dir, run_config_of
 from ftkit.templates import chat_template_to_save, single_token_ids
 
 PROBE = [[{"role": "user", "content": "What is LoRA?"}],
@@ -31,8 +30,7 @@ def merge(adapter_dir: str | Path, out: str | Path | None = None, tolerance: flo
 
     adapter = adapter_folder(adapter_dir)
     cfg = run_config_of(adapter)
-    base_name = cfg.model_name_or_path if cfg else json.loads((adapter / "adapter_config.json").read_text())[
-        "base_model_name_or_path"]
+    base_name, _ = model_and_adapter(adapter)  # the run's base, else the one adapter_config.json names
     base_path = M.resolve(base_name)
     out = Path(out) if out else adapter.parent / "merged"
     use_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported() and cfg is not None and cfg.bf16
