@@ -151,13 +151,14 @@ def cmd_convert(argv: list[str]) -> int:
 
 
 def cmd_models(argv: list[str]) -> int:
-    from ftkit.architectures import DEFAULT_TEMPLATES
+    from ftkit.architectures import BY_VOCABULARY, DEFAULT_TEMPLATES
     from ftkit.templates import TEMPLATES
 
     print("architectures verified by ftkit's tests (LoRA on all linear layers and MoE experts, merge, generate),\n"
           "with the template `auto` falls back to when a tokenizer has no chat_template:")
     for arch, template in DEFAULT_TEMPLATES.items():
-        print(f"  {arch:<12} {template}")
+        by_vocab = "".join(f"; {name} for {low:,}-{high:,} tokens" for low, high, name in BY_VOCABULARY.get(arch, []))
+        print(f"  {arch:<12} {template}{by_vocab}")
     print("\nbuilt-in chat templates (template: NAME; `auto` uses the tokenizer's own):")
     for t in TEMPLATES.values():
         print(f"  {t.name:<10} {t.family}")

@@ -41,8 +41,10 @@ class Template:
     default_system: str = ""
     stop: tuple[str, ...] = ()  # end-of-turn strings that end generation
     family: str = ""
-    think: str = ""             # before each answer that follows the last user turn (Qwen3's empty think block) ...
-    think_in_prompt: bool = False  # ... generated, so trained; or (thinking off) part of the generation prompt
+    think: str = ""             # "<think>\n{reasoning}\n</think>\n\n": written before each answer after the last user
+    think_always: bool = False  # turn, even with no reasoning (Qwen3's empty block); earlier answers lose theirs
+    prompt_think: str = ""      # ends the generation prompt (R1: "<think>\n"); an answer starting with it trains after it
+    system_last: bool = False   # a family without a system role takes it in the last user turn (Mistral v0.3)
     always_system: bool = False  # the system turn is written even when empty (Llama 3.1's dated header)
 
     def bind(self, tokenizer) -> "Template":
@@ -50,31 +52,37 @@ class Template:
         eos = getattr(tokenizer, "eos_token", None) or "</s>"
         fill = lambda s: s.replace("{eos}", eos)  # noqa: E731
         return replace(self, user=fill(self.user), assistant=fill(self.assistant), header=fill(self.header),
-                       suffix=fill(self.suffix), sep=fill(self.sep), stop=tuple(fill(s) for s in self.stop))
+                       suffix=fill(self.suffix), sep=fill(self.sep), stop=tuple(fill(s) for s in self.stop),
+                       prefix=fill(self.prefix))
 
     def render(self, messages: list[dict], add_generation_prompt: bool = False) -> Rendered:
         system, turns = _split_system(messages, self.default_system)
         text, spans = self.prefix, []
         if (system or self.always_system) and self.system:
             text += self.system.replace("{content}", system)
-        last_user = max((i for i, m in enumerate(turns) if m["role"] == "user"), default=-1)
+        users = [i for i, m in enumerate(turns) if m["role"] == "user"]
+        last_user = users[-1] if users else -1
+        folded = (last_user if self.system_last else users[0]) if users and system and not self.system else None
         for i, m in enumerate(turns):
-            content = m["content"]
             if m["role"] == "user":
-                if i == 0 and system and not self.system:
+                content = m["content"]
+                if i == folded:
                     content = self.system_in_user.replace("{system}", system).replace("{content}", content)
                 text += self.user.replace("{content}", content)
-            else:
-                text += self.header
-                think = self.think if i > last_user else ""
-                if self.think_in_prompt:
-                    text += think
-                start = len(text)
-                text += ("" if self.think_in_prompt else think) + self.assistant.replace("{content}", content)
-                spans.append((start, len(text)))
-                text += self.sep
+                continue
+            reasoning, answer = split_reasoning(m)
+            block = ""
+            if self.think and i > last_user and (reasoning or self.think_always):
+                block = self.think.replace("{reasoning}", reasoning)
+            text += self.header
+            body = block + self.assistant.replace("{content}", answer)
+            start = len(text) + (len(self.prompt_think) if self.prompt_think and body.startswith(self.prompt_think)
+                                 else 0)  # what the generation prompt already holds is not trained
+            text += body
+            spans.append((start, len(text)))
+            text += self.sep
         if add_generation_prompt:
-            text += self.header + (self.think if self.think_in_prompt else "")
+            text += self.header + self.prompt_think
         elif self.suffix:
             spans.append((len(text), len(text) + len(self.suffix)))
             text += self.suffix
@@ -88,6 +96,8 @@ class Template:
         up, upost = self.user.split("{content}")
         ap, apost = self.assistant.split("{content}")
         syspre, syspost = self.system.split("{content}") if self.system else ("", "")
+        tp, tpost = self.think.split("{reasoning}") if self.think else ("", "")
+        fold_at = "users.last" if self.system_last else "users.first"
         return (
             "{{- " + q(self.prefix) + " -}}"
             "{%- if messages and messages[0]['role'] == 'system' -%}"
@@ -95,22 +105,42 @@ class Template:
             "{%- else -%}{%- set ns = namespace(system=" + q(self.default_system) + ", start=0) -%}{%- endif -%}"
             + ("{%- if ns.system or " + ("true" if self.always_system else "false") + " -%}{{- " + q(syspre)
                + " + ns.system + " + q(syspost) + " -}}{%- endif -%}" if self.system else "")
-            + "{%- set last = namespace(user=-1) -%}"
-            "{%- for m in messages[ns.start:] -%}{%- if m['role'] == 'user' -%}{%- set last.user = loop.index0 -%}"
-            "{%- endif -%}{%- endfor -%}"
+            + "{%- set users = namespace(first=-1, last=-1) -%}"
+            "{%- for m in messages[ns.start:] -%}{%- if m['role'] == 'user' -%}{%- set users.last = loop.index0 -%}"
+            "{%- if users.first < 0 -%}{%- set users.first = loop.index0 -%}{%- endif -%}{%- endif -%}{%- endfor -%}"
             "{%- for m in messages[ns.start:] -%}"
             "{%- if m['role'] == 'user' -%}"
-            + ("{%- if loop.first and ns.system -%}{%- set c = " + q(sp) + " + ns.system + " + q(sm)
-               + " + m['content'] + " + q(spost) + " -%}{%- else -%}{%- set c = m['content'] -%}{%- endif -%}"
+            + ("{%- if loop.index0 == " + fold_at + " and ns.system -%}{%- set c = " + q(sp) + " + ns.system + "
+               + q(sm) + " + m['content'] + " + q(spost) + " -%}{%- else -%}{%- set c = m['content'] -%}{%- endif -%}"
                if not self.system else "{%- set c = m['content'] -%}")
             + "{{- " + q(up) + " + c + " + q(upost) + " -}}"
             "{%- elif m['role'] == 'assistant' -%}"
-            "{{- " + q(self.header) + " -}}{%- if loop.index0 > last.user -%}{{- " + q(self.think) + " -}}{%- endif -%}"
-            "{{- " + q(ap) + " + m['content'] + " + q(apost) + " + " + q(self.sep) + " -}}"
+            "{%- set c = m['content'] -%}"
+            "{%- if m['reasoning_content'] is string -%}{%- set r = m['reasoning_content'].strip('\\n') -%}"
+            "{%- elif '</think>' in c -%}{%- set r = c.split('</think>')[0].rstrip('\\n').split('<think>')[-1]"
+            ".strip('\\n') -%}{%- set c = c.split('</think>')[-1].lstrip('\\n') -%}"
+            "{%- else -%}{%- set r = '' -%}{%- endif -%}"
+            "{{- " + q(self.header) + " -}}"
+            + ("{%- if loop.index0 > users.last and (r or " + ("true" if self.think_always else "false") + ") -%}"
+               "{{- " + q(tp) + " + r + " + q(tpost) + " -}}{%- endif -%}" if self.think else "")
+            + "{{- " + q(ap) + " + c + " + q(apost) + " + " + q(self.sep) + " -}}"
             "{%- endif -%}{%- endfor -%}"
-            "{%- if add_generation_prompt -%}{{- " + q(self.header + (self.think if self.think_in_prompt else "")) + " -}}"
+            "{%- if add_generation_prompt -%}{{- " + q(self.header + self.prompt_think) + " -}}"
             "{%- else -%}{{- " + q(self.suffix) + " -}}{%- endif -%}"
         )
+
+
+def split_reasoning(message: dict) -> tuple[str, str]:
+    """(reasoning, answer) of an assistant message: its `reasoning_content`, or a `<think>...</think>` block at the
+    start of its content, split as the official Qwen3 template splits it."""
+    content = message.get("content") or ""
+    reasoning = message.get("reasoning_content")
+    if isinstance(reasoning, str):
+        return reasoning.strip("\n"), content
+    if "</think>" in content:
+        parts = content.split("</think>")
+        return parts[0].rstrip("\n").split("<think>")[-1].strip("\n"), parts[-1].lstrip("\n")
+    return "", content
 
 
 class TokenizerTemplate:
@@ -260,6 +290,7 @@ def _split_system(messages: list[dict], default: str) -> tuple[str, list[dict]]:
     return default, messages
 
 
+_THINK = "<think>\n{reasoning}\n</think>\n\n"
 _ALPACA_SYSTEM = ("Below is an instruction that describes a task. "
                   "Write a response that appropriately completes the request.")
 
@@ -293,31 +324,51 @@ TEMPLATES: dict[str, Template] = {t.name: t for t in [
              stop=("<|im_end|>", "<|endoftext|>")),
     Template("qwen3", family="Qwen3 (thinking: the model writes <think>...</think> before the final answer)",
              system="<|im_start|>system\n{content}<|im_end|>\n", user="<|im_start|>user\n{content}<|im_end|>\n",
-             header="<|im_start|>assistant\n", assistant="{content}<|im_end|>", sep="\n",
-             think="<think>\n\n</think>\n\n", stop=("<|im_end|>", "<|endoftext|>")),
+             header="<|im_start|>assistant\n", assistant="{content}<|im_end|>", sep="\n", think=_THINK,
+             think_always=True, stop=("<|im_end|>", "<|endoftext|>")),
     Template("qwen3_nothink", family="Qwen3 with thinking off (enable_thinking=False: the empty think block is "
              "part of the prompt)", system="<|im_start|>system\n{content}<|im_end|>\n",
              user="<|im_start|>user\n{content}<|im_end|>\n", header="<|im_start|>assistant\n",
-             assistant="{content}<|im_end|>", sep="\n", think="<think>\n\n</think>\n\n", think_in_prompt=True,
-             stop=("<|im_end|>", "<|endoftext|>")),
+             assistant="{content}<|im_end|>", sep="\n", think=_THINK, think_always=True,
+             prompt_think="<think>\n\n</think>\n\n", stop=("<|im_end|>", "<|endoftext|>")),
     Template("chatml", family="ChatML without a default system (also the tiny model's)",
              system="<|im_start|>system\n{content}<|im_end|>\n", user="<|im_start|>user\n{content}<|im_end|>\n",
              header="<|im_start|>assistant\n", assistant="{content}<|im_end|>", sep="\n",
              stop=("<|im_end|>", "<|endoftext|>")),
-    Template("chatglm3", family="ChatGLM3 (official fine-tuning ends the text with eos)", prefix="[gMASK]sop",
+    Template("chatglm3", family="ChatGLM3-6B (the official fine-tuning ends the text with eos)", prefix="[gMASK]sop",
              system="<|system|>\n {content}", user="<|user|>\n {content}", header="<|assistant|>",
-             assistant="\n {content}", suffix="</s>", stop=("<|user|>", "<|observation|>", "</s>")),
-    Template("mistral", family="Mistral / Mixtral instruct", prefix="<s>", user="[INST] {content} [/INST]",
-             assistant="{content}</s>", stop=("</s>",)),
-    Template("gemma", family="Gemma / Gemma 2 / Gemma 3 instruct", prefix="<bos>",
+             assistant="\n {content}", suffix="{eos}", stop=("<|user|>", "<|observation|>", "{eos}")),
+    Template("glm4", family="GLM-4-9B-chat (the official fine-tuning ends the text with eos)", prefix="[gMASK]<sop>",
+             system="<|system|>\n{content}", user="<|user|>\n{content}", header="<|assistant|>\n",
+             assistant="{content}", suffix="{eos}", stop=("<|user|>", "<|observation|>", "{eos}")),
+    Template("mistral", family="Mistral 7B Instruct v0.3, Mixtral 8x22B (tokenizer v3; the system text joins the last "
+             "user turn)", prefix="<s>", user="[INST] {content}[/INST]", assistant=" {content}</s>", system_last=True,
+             stop=("</s>",)),
+    Template("mistral_v1", family="Mistral 7B Instruct v0.1/v0.2, Mixtral 8x7B (tokenizer v1)", prefix="<s>",
+             user="[INST] {content} [/INST]", assistant="{content}</s>", stop=("</s>",)),
+    Template("gemma", family="Gemma / Gemma 2 instruct (no system role: it joins the first user turn)",
+             prefix="<bos>", user="<start_of_turn>user\n{content}<end_of_turn>\n", header="<start_of_turn>model\n",
+             assistant="{content}<end_of_turn>", sep="\n", stop=("<end_of_turn>", "<eos>")),
+    Template("gemma3", family="Gemma 3 instruct, text (the system text opens the first user turn)", prefix="<bos>",
              user="<start_of_turn>user\n{content}<end_of_turn>\n", header="<start_of_turn>model\n",
              assistant="{content}<end_of_turn>", sep="\n", stop=("<end_of_turn>", "<eos>")),
-    Template("deepseek", family="DeepSeek LLM / DeepSeek-MoE chat", prefix="<｜begin▁of▁sentence｜>",
+    Template("deepseek", family="DeepSeek LLM / DeepSeek-V2 chat", prefix="<｜begin▁of▁sentence｜>",
              system="{content}\n\n", user="User: {content}\n\n", header="Assistant:",
              assistant=" {content}<｜end▁of▁sentence｜>", stop=("<｜end▁of▁sentence｜>",)),
+    Template("deepseek3", family="DeepSeek-V3", prefix="<｜begin▁of▁sentence｜>", system="{content}",
+             user="<｜User｜>{content}", header="<｜Assistant｜>", assistant="{content}<｜end▁of▁sentence｜>",
+             stop=("<｜end▁of▁sentence｜>",)),
+    Template("deepseekr1", family="DeepSeek-R1 and its distills (the prompt opens a think block; reasoning in the "
+             "last answer is trained, earlier answers lose theirs)", prefix="<｜begin▁of▁sentence｜>",
+             system="{content}", user="<｜User｜>{content}", header="<｜Assistant｜>",
+             assistant="{content}<｜end▁of▁sentence｜>", think=_THINK, prompt_think="<think>\n",
+             stop=("<｜end▁of▁sentence｜>",)),
     Template("phi", family="Phi-3 / Phi-3.5 instruct", system="<|system|>\n{content}<|end|>\n",
              user="<|user|>\n{content}<|end|>\n", header="<|assistant|>\n", assistant="{content}<|end|>",
              sep="\n", suffix="<|endoftext|>", stop=("<|end|>", "<|endoftext|>")),
+    Template("phi4", family="Phi-4", system="<|im_start|>system<|im_sep|>{content}<|im_end|>",
+             user="<|im_start|>user<|im_sep|>{content}<|im_end|>", header="<|im_start|>assistant<|im_sep|>",
+             assistant="{content}<|im_end|>", stop=("<|im_end|>", "<|endoftext|>")),
     Template("moss", family="MOSS (fnlp/moss-moon-003-sft)", system="{content}",
              user="<|Human|>: {content}<eoh>\n", header="<|MOSS|>:", assistant=" {content}<eom>", sep="\n",
              stop=("<eom>",)),
@@ -384,9 +435,9 @@ def get_template(name: str, tokenizer, model_type: str | None = None, enable_thi
     if problem:
         raise ConfigError(problem)
     if name == "auto":
-        from ftkit.architectures import DEFAULT_TEMPLATES
+        from ftkit.architectures import default_template
 
-        fallback = DEFAULT_TEMPLATES.get(model_type or "", "auto")
+        fallback = default_template(model_type, len(tokenizer))
         if getattr(tokenizer, "chat_template", None) or fallback == "auto":
             options = {} if enable_thinking is None else {"enable_thinking": enable_thinking}
             return TokenizerTemplate(tokenizer, options)

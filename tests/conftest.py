@@ -14,6 +14,15 @@ import pytest  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO / "data"
+# conversations that templates are checked on: one turn; a system turn and two turns; two turns
+CONVERSATIONS = {
+    "one turn": [{"role": "user", "content": "What is LoRA?"}, {"role": "assistant", "content": "Low-rank adapters."}],
+    "system, two turns": [{"role": "system", "content": "Be brief."},
+                          {"role": "user", "content": "Hi there"}, {"role": "assistant", "content": "Hello friend."},
+                          {"role": "user", "content": "And LoRA?"}, {"role": "assistant", "content": "Small matrices."}],
+    "two turns": [{"role": "user", "content": "Hi there"}, {"role": "assistant", "content": "Hello friend."},
+                  {"role": "user", "content": "And LoRA?"}, {"role": "assistant", "content": "Small matrices."}],
+}
 
 
 def pytest_configure(config):

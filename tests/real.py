@@ -1,11 +1,15 @@
 """Real-world fixtures, fetched at test time into a cache (never into the repository): the official chat templates
 of ~70 released models and real tokenizers (Llama 3, Qwen2, Phi-3, DeepSeek) with their tokenization test vectors,
-from llama.cpp's `models/` folder as shipped inside llama-cpp-python's source distribution on PyPI. One helper,
-so a registry that cannot be reached is one clear skip, not 70 failures.
+from llama.cpp's `models/` folder as shipped inside llama-cpp-python's source distribution on PyPI, and the older
+official templates llama.cpp pins in its tests/test-chat-template.cpp (Llama-3-8B, Phi-4, ChatGLM3, GLM-4-9B,
+DeepSeek-LLM/V2, Gemma 1, Mistral v0.2 and v3). One helper, so a registry that cannot be reached is one clear
+skip, not 70 failures.
 
 The cache is $FTKIT_REAL_CACHE, else ~/.cache/ftkit/real.
 """
+import ast
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -16,6 +20,7 @@ from pathlib import Path
 import pytest
 
 LLAMA_CPP_PYTHON = "llama-cpp-python==0.3.36"  # its sdist vendors llama.cpp's models/ folder
+PINNED = "test-chat-template.cpp"  # llama.cpp's tests: official templates pinned next to their expected output
 VOCABS = {"llama-bpe": "llama", "qwen2": "qwen2", "phi-3": "phi3", "deepseek-llm": "llama"}  # -> model_type
 
 
@@ -27,7 +32,7 @@ def llama_cpp_models() -> Path:
     """llama.cpp's models/ folder, as far as the tests use it: templates/*.jinja, and ggml-vocab-NAME.gguf with its
     .inp/.out test vectors for the VOCABS (downloaded and unpacked once, ~30 s)."""
     dest = cache() / LLAMA_CPP_PYTHON.replace("==", "-")
-    if (dest / "complete").exists():
+    if (dest / "complete").exists() and (dest / PINNED).exists():
         return dest
     wanted = tuple(f"ggml-vocab-{name}.gguf" for name in VOCABS)
     with tempfile.TemporaryDirectory() as tmp:
@@ -43,12 +48,14 @@ def llama_cpp_models() -> Path:
         with tarfile.open(sdist) as tar:
             for member in tar.getmembers():
                 name = Path(member.name).name
-                if not member.isfile() or "/models/" not in member.name:
+                if not member.isfile() or "/vendor/llama.cpp/models/" not in member.name:
                     continue
                 if "/models/templates/" in member.name and name.endswith(".jinja"):
                     (partial / "templates" / name).write_bytes(tar.extractfile(member).read())
                 elif name.startswith(wanted):
                     (partial / name).write_bytes(tar.extractfile(member).read())
+            pinned = next(m for m in tar.getmembers() if m.name.endswith(f"/vendor/llama.cpp/tests/{PINNED}"))
+            (partial / PINNED).write_bytes(tar.extractfile(pinned).read())
         (partial / "complete").touch()
         shutil.rmtree(dest, ignore_errors=True)
         os.replace(partial, dest)
@@ -58,6 +65,19 @@ def llama_cpp_models() -> Path:
 def llama_cpp_templates() -> Path:
     """The folder of official `*.jinja` chat templates."""
     return llama_cpp_models() / "templates"
+
+
+def llama_cpp_pinned_templates() -> dict[str, str]:
+    """The chat templates llama.cpp's tests/test-chat-template.cpp pins by model name (each test case's `.name` and
+    `.template_str`, C string literals decoded)."""
+    source = (llama_cpp_models() / PINNED).read_text(encoding="utf-8")
+    literal = r'((?:U8C\()?(?:\s*"(?:[^"\\]|\\.)*")+\)?)'
+    cases = re.findall(r"/\* \.name= \*/\s*" + literal + r",\s*/\* \.template_str= \*/\s*" + literal, source)
+
+    def decode(lit: str) -> str:
+        return "".join(ast.literal_eval(part) for part in re.findall(r'"(?:[^"\\]|\\.)*"', lit))
+
+    return {decode(name): decode(template) for name, template in cases}
 
 
 def real_tokenizer(name: str) -> Path:
@@ -85,3 +105,32 @@ def vocab_vectors(name: str) -> list[tuple[str, list[int]]]:
     texts = (folder / f"ggml-vocab-{name}.gguf.inp").read_text(encoding="utf-8").split("\n__ggml_vocab_test__\n")
     ids = (folder / f"ggml-vocab-{name}.gguf.out").read_text(encoding="utf-8").split("\n")
     return [(t, [int(i) for i in line.split()]) for t, line in zip(texts, ids)]
+
+
+def mistral_v3() -> tuple[Path, dict]:
+    """Mistral 7B v0.3's real tokenizer as a tokenizer-only model folder, made from the tokenizer file inside the
+    mistral-common package (Mistral's reference tokenizer), and mistral-common's own tokenizer for it in fine-tuning
+    and test (serving) mode: the oracle for the `mistral` template."""
+    pytest.importorskip("sentencepiece", reason="mistral-common's tokenizer file is read with sentencepiece")
+    common = pytest.importorskip("mistral_common", reason="mistral-common is Mistral's reference tokenizer")
+    from mistral_common.protocol.instruct.validator import ValidationMode
+    from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
+
+    model = Path(common.__file__).parent / "data" / "mistral_instruct_tokenizer_240323.model.v3"
+    reference = {mode: MistralTokenizer.from_file(str(model), mode=getattr(ValidationMode, mode))
+                 for mode in ("finetuning", "test")}  # training texts; generation prompts
+    dest = cache() / "tokenizers" / f"mistral-v3-{common.__version__}"
+    if not (dest / "config.json").exists():
+        from transformers import AutoTokenizer
+
+        partial = dest.with_name(dest.name + f".partial-{os.getpid()}")
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        shutil.copy(model, partial / "tokenizer.model")
+        (partial / "tokenizer_config.json").write_text(
+            '{"tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>", "legacy": false}\n')
+        AutoTokenizer.from_pretrained(partial).save_pretrained(partial)  # converted once: tokenizer.json
+        (partial / "config.json").write_text('{"model_type": "mistral"}\n')
+        shutil.rmtree(dest, ignore_errors=True)
+        os.replace(partial, dest)
+    return dest, reference

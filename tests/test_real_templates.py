@@ -11,17 +11,10 @@ import pytest
 
 from ftkit.errors import FtkitError
 from ftkit.templates import TokenizerTemplate, _fold_system
+from conftest import CONVERSATIONS
 from real import llama_cpp_templates
 
 SPECIAL = re.compile(r"<\|[^|<>\s]{1,40}\|>|<｜[^｜<>]{1,40}｜>")
-CONVERSATIONS = {
-    "one turn": [{"role": "user", "content": "What is LoRA?"}, {"role": "assistant", "content": "Low-rank adapters."}],
-    "system, two turns": [{"role": "system", "content": "Be brief."},
-                          {"role": "user", "content": "Hi there"}, {"role": "assistant", "content": "Hello friend."},
-                          {"role": "user", "content": "And LoRA?"}, {"role": "assistant", "content": "Small matrices."}],
-    "two turns": [{"role": "user", "content": "Hi there"}, {"role": "assistant", "content": "Hello friend."},
-                  {"role": "user", "content": "And LoRA?"}, {"role": "assistant", "content": "Small matrices."}],
-}
 USER_TEXTS = ("What is LoRA?", "Hi there", "And LoRA?")
 # refused, each with a clear message (the reason is the test's expectation, checked below)
 REFUSED = {
@@ -126,42 +119,88 @@ def test_render_with_tools_through_the_official_template(official, tiny_tokenize
     assert seen.trained_text == "Low-rank adapters.<|im_end|>"
 
 
-# built-in template -> (official template it equals, eos, bos, what the official one is given)
+# built-in -> (official template it equals, eos, bos, variables the official one is given, how it differs, if at all).
+# "pinned:" templates are those llama.cpp's tests/test-chat-template.cpp pins by model name; the others are
+# llama.cpp's models/templates. Differences by design:
+#   "prompt always": the pinned Llama-3 and Phi-4 templates write the assistant header after every user turn;
+#   "eos suffix": ChatGLM3's and GLM-4's templates leave the last answer open; their official fine-tuning code ends
+#     the text with eos, as the built-ins do;
+#   "no system": the official template refuses a system turn, which the built-in puts in the first user turn;
+#   "bos by tokenizer": Gemma 1's template writes no <bos>: its tokenizer adds it, the built-in writes it.
 BUILTINS = {
-    "qwen": ("Qwen-Qwen2.5-7B-Instruct", "<|im_end|>", None, {}),
-    "qwen3": ("Qwen-Qwen3-0.6B", "<|im_end|>", None, {}),
-    "qwen3_nothink": ("Qwen-Qwen3-0.6B", "<|im_end|>", None, {"enable_thinking": False}),
-    "phi": ("microsoft-Phi-3.5-mini-instruct", "<|endoftext|>", "<s>", {}),
-    "llama3_1": ("meta-llama-Llama-3.1-8B-Instruct", "<|eot_id|>", "<|begin_of_text|>", {}),
-    "llama3_1 (3.3)": ("meta-llama-Llama-3.3-70B-Instruct", "<|eot_id|>", "<|begin_of_text|>", {}),
-    "gemma": ("google-gemma-2-2b-it", "<eos>", "<bos>", {}),
+    "qwen": ("Qwen-Qwen2.5-7B-Instruct", "<|im_end|>", None, {}, ""),
+    "qwen3": ("Qwen-Qwen3-0.6B", "<|im_end|>", None, {}, ""),
+    "qwen3_nothink": ("Qwen-Qwen3-0.6B", "<|im_end|>", None, {"enable_thinking": False}, ""),
+    "phi": ("microsoft-Phi-3.5-mini-instruct", "<|endoftext|>", "<s>", {}, ""),
+    "llama3_1": ("meta-llama-Llama-3.1-8B-Instruct", "<|eot_id|>", "<|begin_of_text|>", {}, ""),
+    "llama3_1 (3.3)": ("meta-llama-Llama-3.3-70B-Instruct", "<|eot_id|>", "<|begin_of_text|>", {}, ""),
+    "gemma": ("google-gemma-2-2b-it", "<eos>", "<bos>", {}, "no system"),
+    "deepseekr1": ("deepseek-ai-DeepSeek-R1-Distill-Llama-8B", "<｜end▁of▁sentence｜>", "<｜begin▁of▁sentence｜>", {}, ""),
+    "deepseekr1 (Qwen distill)": ("deepseek-ai-DeepSeek-R1-Distill-Qwen-32B", "<｜end▁of▁sentence｜>",
+                                  "<｜begin▁of▁sentence｜>", {"enable_thinking": True}, ""),  # llama.cpp added the variable
+    "llama3": ("pinned:Llama-3", "<|eot_id|>", "<|begin_of_text|>", {}, "prompt always"),
+    "phi4": ("pinned:phi-4", "<|im_end|>", None, {}, "prompt always"),
+    "chatglm3": ("pinned:ChatGLM3", "</s>", None, {}, "eos suffix"),
+    "glm4": ("pinned:ChatGLM4", "<|endoftext|>", None, {}, "eos suffix"),
+    "deepseek": ("pinned:DeepSeek-V2", "<｜end▁of▁sentence｜>", "<｜begin▁of▁sentence｜>", {}, ""),
+    "gemma (Gemma 1)": ("pinned:google/gemma-7b-it", "<eos>", "<bos>", {}, "no system; bos by tokenizer"),
+    "mistral_v1": ("pinned:mistralai/Mistral-7B-Instruct-v0.2 (NOTE: Old pre-v1 without a system prompt)", "</s>", "<s>",
+                   {}, "no system"),
+    # Mistral's v3 Jinja template drops a system message unless the conversation ends with a user turn; the built-in
+    # follows mistral-common (Mistral's reference tokenizer), which puts it in the last user turn: test_mistral_*
+    "mistral": ("pinned:Mistral-Large-Instruct-2407 (mistralai 'v3' template; modified to have system prompt at start)",
+                "</s>", "<s>", {}, "system: see mistral-common"),
 }
 
 
+@pytest.fixture(scope="module")
+def pinned():
+    from real import llama_cpp_pinned_templates
+
+    return llama_cpp_pinned_templates()
+
+
 @pytest.mark.parametrize("name", sorted(BUILTINS))
-def test_builtin_equals_the_official_template(name, official, tiny_tokenizer):
+def test_builtin_equals_the_official_template(name, official, pinned, tiny_tokenizer):
     """Training texts and generation prompts, with and without a system turn, one and two turns."""
     from ftkit.templates import get_template
 
-    source, eos, bos, kwargs = BUILTINS[name]
-    tok = host(tiny_tokenizer, official[source])
+    source, eos, bos, kwargs, differs = BUILTINS[name]
+    tok = host(tiny_tokenizer, pinned[source[7:]] if source.startswith("pinned:") else official[source])
     tok.add_special_tokens({"eos_token": eos, **({"bos_token": bos} if bos else {})})
+    if source == "pinned:ChatGLM3":  # its template builds the role tokens by concatenation; the real tokenizer has them
+        tok.add_tokens([f"<|{role}|>" for role in ("system", "user", "assistant", "observation")], special_tokens=True)
     builtin = get_template(name.split()[0], tok)
     for label, conversation in CONVERSATIONS.items():
-        if name == "gemma" and conversation[0]["role"] == "system":
-            with pytest.raises(Exception, match="System role not supported"):  # Gemma 2 has none: the built-in
-                tok.apply_chat_template(conversation, tokenize=False)  # puts it in the first user turn instead
+        has_system = conversation[0]["role"] == "system"
+        if has_system and differs.startswith("no system"):
+            with pytest.raises(Exception, match="(?i)system role not supported|roles must alternate|Only user and"):
+                tok.apply_chat_template(conversation, tokenize=False)
             continue
-        assert builtin.render(conversation).text == tok.apply_chat_template(conversation, tokenize=False, **kwargs), label
         asked = conversation[:-1]
+        prompt = tok.apply_chat_template(asked, tokenize=False, add_generation_prompt=True, **kwargs)
         assert builtin.render(asked, add_generation_prompt=True).text == \
-            tok.apply_chat_template(asked, tokenize=False, add_generation_prompt=True, **kwargs), label
-        if not kwargs:  # the built-in trains what `auto` trains on the official template
-            mine, auto = builtin.render(conversation), TokenizerTemplate(tok).render(conversation)
-            trained = [mine.text[a:b] for a, b in mine.spans]
+            (bos + prompt if differs.endswith("bos by tokenizer") else prompt), label
+        if has_system and differs.startswith("system"):
+            continue
+        official_text = tok.apply_chat_template(conversation, tokenize=False, **kwargs)
+        mine = builtin.render(conversation)
+        if differs == "prompt always":
+            official_text = official_text.removesuffix(builtin.header)
+        if differs == "eos suffix":
+            official_text += eos
+        if differs.endswith("bos by tokenizer"):
+            official_text = bos + official_text
+        assert mine.text == official_text, label
+        trained = [mine.text[a:b] for a, b in mine.spans]
+        if differs == "eos suffix":  # each answer, then the closing eos
+            answers = [m["content"] for m in conversation if m["role"] == "assistant"]
+            assert trained == [builtin.assistant.replace("{content}", a) for a in answers] + [eos], label
+        elif not differs.startswith("prompt") and (not kwargs or name.startswith("deepseekr1")):
+            ref = TokenizerTemplate(tok).render(conversation)  # the built-in trains what `auto` trains on the official
             if builtin.suffix and trained[-1] == builtin.suffix:
                 trained = trained[:-1]  # Phi's built-in also trains the text's closing <|endoftext|>
-            assert trained == [auto.text[a:b] for a, b in auto.spans], label
+            assert trained == [ref.text[a:b] for a, b in ref.spans], label
 
 
 def test_enable_thinking_reaches_the_official_template_and_picks_the_builtin(official, tiny_tokenizer, tmp_path):
@@ -189,3 +228,26 @@ def test_enable_thinking_reaches_the_official_template_and_picks_the_builtin(off
     assert seen.trained_text == "Low-rank adapters.<|im_end|>"
     assert ftkit.render(CONVERSATIONS["one turn"], model=str(tmp_path / "qwen3")).trained_text == \
         "<think>\n\n</think>\n\nLow-rank adapters.<|im_end|>"  # thinking on (the default): the model writes it
+
+
+def test_auto_falls_back_by_family_and_vocabulary(tmp_path):
+    """A tokenizer without a chat_template gets its family's built-in; Phi-4 shares model_type phi3 with Phi-3 and is
+    told apart by its vocabulary (100,352 tokens against 32,064)."""
+    import shutil
+
+    from ftkit.architectures import default_template
+    from ftkit.model import load_tokenizer
+    from real import real_tokenizer
+
+    assert default_template("phi3", 32064) == "phi" and default_template("phi3", 100352) == "phi4"
+    assert default_template("deepseek_v3", 129280) == "deepseek3" and default_template("gemma3_text", 262144) == "gemma3"
+    for vocab, expected in (("phi-3", "phi"), ("deepseek-llm", "phi4")):  # deepseek-llm: 102,400 tokens
+        folder = tmp_path / vocab
+        shutil.copytree(real_tokenizer(vocab), folder)
+        (folder / "chat_template.jinja").unlink(missing_ok=True)
+        (folder / "config.json").write_text('{"model_type": "phi3"}')
+        tok = load_tokenizer(str(folder))
+        tok.chat_template = None
+        from ftkit.templates import get_template
+
+        assert get_template("auto", tok, "phi3").name == expected, (vocab, len(tok))

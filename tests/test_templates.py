@@ -1,11 +1,15 @@
-"""Each built-in renders its family's published format, character for character.
+"""Built-in templates: the official renders of models whose template is not in the fetched corpus, spans, Jinja
+export, `auto` on tiny's tokenizer, and `ftkit.render`.
 
-The expected strings are written out by hand from the families' own documents
-(model cards, tokenizer_config.json chat templates, official fine-tuning code),
-not produced by ftkit.
+Built-ins with an official template in llama.cpp's corpus (qwen, qwen3, qwen3_nothink, llama3, llama3_1, phi, phi4,
+gemma, mistral, mistral_v1, deepseek, deepseekr1, chatglm3, glm4) are compared with transformers' render of it in
+tests/test_real_templates.py, and `mistral` with Mistral's reference tokenizer in tests/test_real_mistral.py. The
+strings below are transformers' renders (transformers 5.24) of the official chat_template of the model named, read
+from the copy named; none is written from memory.
 """
 import pytest
 
+from conftest import CONVERSATIONS
 from ftkit.errors import ConfigError
 from ftkit.templates import TEMPLATES, TokenizerTemplate, get_template
 
@@ -17,69 +21,99 @@ CHAT = [
     {"role": "assistant", "content": "4"},
 ]
 
-EXPECTED = {
-    "llama3": "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|>"
-              "<|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>"
-              "<|start_header_id|>assistant<|end_header_id|>\n\nHello!<|eot_id|>"
-              "<|start_header_id|>user<|end_header_id|>\n\n2+2?<|eot_id|>"
-              "<|start_header_id|>assistant<|end_header_id|>\n\n4<|eot_id|>",
-    "llama2": "<s>[INST] <<SYS>>\nBe brief.\n<</SYS>>\n\nHi [/INST] Hello! </s><s>[INST] 2+2? [/INST] 4 </s>",
-    "qwen": "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
-            "<|im_start|>assistant\nHello!<|im_end|>\n<|im_start|>user\n2+2?<|im_end|>\n"
-            "<|im_start|>assistant\n4<|im_end|>\n",
-    "mistral": "<s>[INST] Be brief.\n\nHi [/INST]Hello!</s>[INST] 2+2? [/INST]4</s>",
-    "gemma": "<bos><start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\nHello!<end_of_turn>\n"
-             "<start_of_turn>user\n2+2?<end_of_turn>\n<start_of_turn>model\n4<end_of_turn>\n",
-    "chatglm3": "[gMASK]sop<|system|>\n Be brief.<|user|>\n Hi<|assistant|>\n Hello!<|user|>\n 2+2?"
-                "<|assistant|>\n 4</s>",
-    "deepseek": "<｜begin▁of▁sentence｜>Be brief.\n\nUser: Hi\n\nAssistant: Hello!<｜end▁of▁sentence｜>"
-                "User: 2+2?\n\nAssistant: 4<｜end▁of▁sentence｜>",
-    "phi": "<|system|>\nBe brief.<|end|>\n<|user|>\nHi<|end|>\n<|assistant|>\nHello!<|end|>\n"
-           "<|user|>\n2+2?<|end|>\n<|assistant|>\n4<|end|>\n<|endoftext|>",
+# built-in -> (official template and where it was read, eos, {conversation: (training text, generation prompt)})
+OFFICIAL = {
+    "llama2": (
+        "meta-llama/Llama-2-7b/13b-chat-hf tokenizer_config.json chat_template, quoted verbatim (and labelled with "
+        "the model) in several public repositories found by code search", "</s>", {
+            "one turn": ("<s>[INST] What is LoRA? [/INST] Low-rank adapters. </s>", "<s>[INST] What is LoRA? [/INST]"),
+            "system, two turns": (
+                "<s>[INST] <<SYS>>\nBe brief.\n<</SYS>>\n\nHi there [/INST] Hello friend. </s><s>[INST] And LoRA? "
+                "[/INST] Small matrices. </s>",
+                "<s>[INST] <<SYS>>\nBe brief.\n<</SYS>>\n\nHi there [/INST] Hello friend. </s><s>[INST] And LoRA? "
+                "[/INST]"),
+            "two turns": ("<s>[INST] Hi there [/INST] Hello friend. </s><s>[INST] And LoRA? [/INST] Small matrices. </s>",
+                          "<s>[INST] Hi there [/INST] Hello friend. </s><s>[INST] And LoRA? [/INST]")}),
+    "gemma3": (
+        "google/gemma-3-*-it chat_template (its text part), as quoted in public repositories found by code search "
+        "(one sets it on ggml-org/gemma-3-270m-GGUF)", "<eos>", {
+            "one turn": ("<bos><start_of_turn>user\nWhat is LoRA?<end_of_turn>\n<start_of_turn>model\nLow-rank "
+                         "adapters.<end_of_turn>\n",
+                         "<bos><start_of_turn>user\nWhat is LoRA?<end_of_turn>\n<start_of_turn>model\n"),
+            "system, two turns": (
+                "<bos><start_of_turn>user\nBe brief.\n\nHi there<end_of_turn>\n<start_of_turn>model\nHello friend."
+                "<end_of_turn>\n<start_of_turn>user\nAnd LoRA?<end_of_turn>\n<start_of_turn>model\nSmall matrices."
+                "<end_of_turn>\n",
+                "<bos><start_of_turn>user\nBe brief.\n\nHi there<end_of_turn>\n<start_of_turn>model\nHello friend."
+                "<end_of_turn>\n<start_of_turn>user\nAnd LoRA?<end_of_turn>\n<start_of_turn>model\n"),
+            "two turns": (
+                "<bos><start_of_turn>user\nHi there<end_of_turn>\n<start_of_turn>model\nHello friend.<end_of_turn>\n"
+                "<start_of_turn>user\nAnd LoRA?<end_of_turn>\n<start_of_turn>model\nSmall matrices.<end_of_turn>\n",
+                "<bos><start_of_turn>user\nHi there<end_of_turn>\n<start_of_turn>model\nHello friend.<end_of_turn>\n"
+                "<start_of_turn>user\nAnd LoRA?<end_of_turn>\n<start_of_turn>model\n")}),
+    # The official template writes 8 spaces before <bos> when there is a system message (unstripped indentation
+    # in its Jinja); the built-in does not: the test strips them.
+    "deepseek3": (
+        "deepseek-ai/DeepSeek-V3 tokenizer_config.json chat_template, as quoted in the Berkeley Function Calling "
+        "Leaderboard's bfcl/model_handler/oss_model/deepseek_coder.py", "<｜end▁of▁sentence｜>", {
+            "one turn": ("<｜begin▁of▁sentence｜><｜User｜>What is LoRA?<｜Assistant｜>Low-rank adapters.<｜end▁of▁sentence｜>",
+                         "<｜begin▁of▁sentence｜><｜User｜>What is LoRA?<｜Assistant｜>"),
+            "system, two turns": (
+                "        <｜begin▁of▁sentence｜>Be brief.<｜User｜>Hi there<｜Assistant｜>Hello friend.<｜end▁of▁sentence｜>"
+                "<｜User｜>And LoRA?<｜Assistant｜>Small matrices.<｜end▁of▁sentence｜>",
+                "        <｜begin▁of▁sentence｜>Be brief.<｜User｜>Hi there<｜Assistant｜>Hello friend.<｜end▁of▁sentence｜>"
+                "<｜User｜>And LoRA?<｜Assistant｜>"),
+            "two turns": (
+                "<｜begin▁of▁sentence｜><｜User｜>Hi there<｜Assistant｜>Hello friend.<｜end▁of▁sentence｜><｜User｜>And LoRA?"
+                "<｜Assistant｜>Small matrices.<｜end▁of▁sentence｜>",
+                "<｜begin▁of▁sentence｜><｜User｜>Hi there<｜Assistant｜>Hello friend.<｜end▁of▁sentence｜><｜User｜>And LoRA?"
+                "<｜Assistant｜>")}),
+}
+
+# LLaMA-Factory's own formats: no model ships them as its template; these are ftkit's renders under LLaMA-Factory's
+# names, pinned so that a change shows up here
+OWN = {
     "alpaca": "Be brief.\n\n### Instruction:\nHi\n\n### Response:\nHello!</s>\n\n"
               "### Instruction:\n2+2?\n\n### Response:\n4</s>\n\n",
     "default": "System: Be brief.\nHuman: Hi\nAssistant: Hello!</s>\nHuman: 2+2?\nAssistant: 4</s>\n",
     "moss": "Be brief.<|Human|>: Hi<eoh>\n<|MOSS|>: Hello!<eom>\n<|Human|>: 2+2?<eoh>\n<|MOSS|>: 4<eom>\n",
 }
 
-GENERATION_PROMPT = {  # a single user turn, ready for the model to answer (no system message)
-    "llama3": "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>"
-              "<|start_header_id|>assistant<|end_header_id|>\n\n",
-    "chatglm3": "[gMASK]sop<|user|>\n Hi<|assistant|>",
-    "deepseek": "<｜begin▁of▁sentence｜>User: Hi\n\nAssistant:",
-    "alpaca": "Below is an instruction that describes a task. Write a response that appropriately completes the "
-              "request.\n\n### Instruction:\nHi\n\n### Response:\n",
-    "llama2": "<s>[INST] Hi [/INST]",
-    "gemma": "<bos><start_of_turn>user\nHi<end_of_turn>\n<start_of_turn>model\n",
-}
+
+class Eos:
+    def __init__(self, eos="</s>"):
+        self.eos_token = eos
 
 
-class EosOnly:
-    eos_token = "</s>"
+@pytest.mark.parametrize("name, label", [(n, c) for n in sorted(OFFICIAL) for c in CONVERSATIONS])
+def test_builtin_renders_the_official_template(name, label):
+    _, eos, renders = OFFICIAL[name]
+    text, prompt = (r.lstrip(" ") for r in renders[label])
+    template, conversation = get_template(name, Eos(eos)), CONVERSATIONS[label]
+    mine = template.render(conversation)
+    assert mine.text == text
+    assert template.render(conversation[:-1], add_generation_prompt=True).text == prompt
+    answers = [m["content"] for m in conversation if m["role"] == "assistant"]
+    assert [mine.text[a:b].strip() for a, b in mine.spans] == [template.assistant.replace("{content}", a).strip()
+                                                              for a in answers]
 
 
-@pytest.mark.parametrize("name", sorted(EXPECTED))
-def test_builtin_renders_official_format(name):
-    assert get_template(name, EosOnly()).render(CHAT).text == EXPECTED[name]
+@pytest.mark.parametrize("name", sorted(OWN))
+def test_llama_factory_formats(name):
+    assert get_template(name, Eos()).render(CHAT).text == OWN[name]
 
 
-@pytest.mark.parametrize("name", sorted(GENERATION_PROMPT))
-def test_generation_prompt(name):
-    rendered = get_template(name, EosOnly()).render([{"role": "user", "content": "Hi"}], add_generation_prompt=True)
-    assert rendered.text == GENERATION_PROMPT[name] and rendered.spans == []
+def test_every_builtin_is_checked_against_its_official_template():
+    from test_real_templates import BUILTINS
 
-
-def test_every_builtin_has_an_expected_string():
-    # chatml == qwen without the default system; qwen3, qwen3_nothink and llama3_1 (and qwen's default system and
-    # generation prompt) are checked against the official templates in tests/test_real_templates.py
-    assert set(TEMPLATES) - set(EXPECTED) == {"chatml", "qwen3", "qwen3_nothink", "llama3_1"}
-    chatml = get_template("chatml", EosOnly()).render(CHAT).text
-    assert chatml == EXPECTED["qwen"]
+    checked = {n.split()[0] for n in BUILTINS} | set(OFFICIAL) | set(OWN)
+    assert set(TEMPLATES) - checked == {"chatml"}  # chatml is qwen without the default system
+    assert get_template("chatml", Eos()).render(CHAT).text == get_template("qwen", Eos()).render(CHAT).text
 
 
 @pytest.mark.parametrize("name", sorted(TEMPLATES))
 def test_trained_spans_are_the_answers_with_end_of_turn(name):
-    t = get_template(name, EosOnly())
+    t = get_template(name, Eos())
     r = t.render(CHAT)
     answers = [r.text[a:b] for a, b in r.spans]
     assert "Hello!" in answers[0] and "4" in answers[1]
@@ -115,7 +149,7 @@ def test_auto_uses_the_tokenizers_chat_template(tiny_tokenizer):
 
 def test_unknown_template_suggests():
     with pytest.raises(ConfigError, match="did you mean llama3"):
-        get_template("llama-3", EosOnly())
+        get_template("llama-3", Eos())
 
 
 def test_render_shows_text_tokens_and_labels_as_training_sees_them(tiny_tokenizer, tmp_path):
