@@ -1,10 +1,13 @@
 """Data: read files, recognise record shapes, convert to messages, tokenize with labels.
 
 The canonical form of one example is a list of messages
-``[{"role": "system"|"user"|"assistant", "content": str}, ...]``. Every record
-shape in `FORMATS` converts to it; `ftkit convert` writes it back out in the
-seed tutorial's ``{"conversation": [...]}`` shape. A file whose records cannot
-all be read is refused with the file, record index and reason.
+``[{"role": "system"|"user"|"assistant"|"tool", "content": str}, ...]``; an
+assistant message may also carry `reasoning_content` and `tool_calls`
+(OpenAI's shape), and a conversation whose record defines tools is a
+`Conversation`, the list with its `tools`. Every record shape in `FORMATS`
+converts to it; `ftkit convert` writes it back out in the seed tutorial's
+``{"conversation": [...]}`` shape. A file whose records cannot all be read is
+refused with the file, record index and reason.
 """
 from __future__ import annotations
 
@@ -19,9 +22,58 @@ from typing import Callable
 from ftkit.errors import ConfigError, DataError
 from ftkit.templates import single_token_ids
 
-ROLES = ("system", "user", "assistant")
+ROLES = ("system", "user", "assistant", "tool")
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
-                  "chatgpt": "assistant", "bard": "assistant", "bing": "assistant", "system": "system"}
+                  "chatgpt": "assistant", "bard": "assistant", "bing": "assistant", "system": "system",
+                  "function_call": "assistant", "observation": "tool"}  # LLaMA-Factory's tool-calling turns
+EXTRA_KEYS = ("reasoning_content", "tool_calls", "tool_call_id", "name")  # kept from OpenAI-style messages
+
+
+class Conversation(list):
+    """A conversation (its messages) and the tools its record defines, for templates that render them."""
+
+    def __init__(self, messages=(), tools: list | None = None):
+        super().__init__(messages)
+        self.tools = tools
+
+
+def _tools(rec: dict, msgs: list[dict]) -> list[dict]:
+    """The record's `tools` (a list, or a JSON string of one as LLaMA-Factory stores it) in OpenAI's shape."""
+    tools = rec.get("tools")
+    if tools in (None, "", []):
+        return msgs
+    if isinstance(tools, str):
+        try:
+            tools = json.loads(tools)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"tools: not valid JSON ({e.msg})") from None
+    if not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools):
+        raise ValueError("tools must be a list of function descriptions")
+    return Conversation(msgs, [t if "function" in t else {"type": "function", "function": t} for t in tools])
+
+
+def _tool_call(value) -> list[dict]:
+    """LLaMA-Factory's function_call turn ({"name", "arguments"}, or a list of them, as JSON) as OpenAI tool_calls."""
+    try:
+        calls = json.loads(value) if isinstance(value, str) else value
+    except json.JSONDecodeError as e:
+        raise ValueError(f"function_call: not valid JSON ({e.msg})") from None
+    calls = calls if isinstance(calls, list) else [calls]
+    if not all(isinstance(c, dict) and "name" in c for c in calls):
+        raise ValueError('function_call must hold {"name": ..., "arguments": {...}}')
+    return [{"type": "function", "function": {"name": c["name"], "arguments": _arguments(c.get("arguments", {}))}}
+            for c in calls]
+
+
+def _arguments(arguments):
+    """Arguments as a mapping, as chat templates render them (OpenAI data stores them as a JSON string)."""
+    if isinstance(arguments, str):
+        try:
+            parsed = json.loads(arguments)
+        except json.JSONDecodeError:
+            return arguments
+        return parsed if isinstance(parsed, dict) else arguments
+    return arguments
 MAX_LISTED = 10  # problems listed in one error; the rest are counted
 
 
@@ -32,10 +84,21 @@ def _role_content(items, where: str) -> list[dict]:
         raise ValueError(f"{where} must be a list of messages")
     out = []
     for j, m in enumerate(items):
-        if not isinstance(m, dict) or "role" not in m or "content" not in m:
+        if not isinstance(m, dict) or "role" not in m or ("content" not in m and not m.get("tool_calls")):
             raise ValueError(f"{where}[{j}] needs 'role' and 'content'")
-        out.append({"role": m["role"], "content": m["content"]})
+        msg = {"role": m["role"], "content": m.get("content") or ""} | {k: m[k] for k in EXTRA_KEYS if m.get(k)}
+        if msg.get("tool_calls"):
+            msg["tool_calls"] = [_openai_call(c, f"{where}[{j}]") for c in msg["tool_calls"]]
+        out.append(msg)
     return out
+
+
+def _openai_call(call, where: str) -> dict:
+    function = call.get("function") if isinstance(call, dict) else None
+    if not isinstance(function, dict) or "name" not in function:
+        raise ValueError(f'{where}: each tool call needs {{"function": {{"name": ..., "arguments": ...}}}}')
+    return {**call, "type": call.get("type", "function"),
+            "function": {**function, "arguments": _arguments(function.get("arguments", {}))}}
 
 
 def _from_value(items, where: str, roles: dict) -> list[dict]:
@@ -48,27 +111,30 @@ def _from_value(items, where: str, roles: dict) -> list[dict]:
         role = roles.get(m["from"])
         if role is None:
             raise ValueError(f"{where}[{j}]: unknown speaker {m['from']!r}; expected one of {', '.join(roles)}")
-        out.append({"role": role, "content": m["value"]})
+        if m["from"] == "function_call":
+            out.append({"role": "assistant", "content": "", "tool_calls": _tool_call(m["value"])})
+        else:
+            out.append({"role": role, "content": m["value"]})
     return out
 
 
 def _with_system(rec: dict, msgs: list[dict]) -> list[dict]:
     system = rec.get("system")
     if system and not (msgs and msgs[0]["role"] == "system"):
-        return [{"role": "system", "content": system}] + msgs
+        return [{"role": "system", "content": system}, *msgs]
     return msgs
 
 
 def from_conversation(rec: dict) -> list[dict]:
-    return _with_system(rec, _role_content(rec["conversation"], "conversation"))
+    return _tools(rec, _with_system(rec, _role_content(rec["conversation"], "conversation")))
 
 
 def from_openai(rec: dict) -> list[dict]:
-    return _role_content(rec["messages"], "messages")
+    return _tools(rec, _role_content(rec["messages"], "messages"))
 
 
 def from_sharegpt(rec: dict) -> list[dict]:
-    return _with_system(rec, _from_value(rec["conversations"], "conversations", SHAREGPT_ROLES))
+    return _tools(rec, _with_system(rec, _from_value(rec["conversations"], "conversations", SHAREGPT_ROLES)))
 
 
 def from_qwen(rec: dict) -> list[dict]:
@@ -159,28 +225,37 @@ def detect_format(rec) -> str | None:
 
 
 def check_messages(msgs: list[dict]) -> str | None:
-    """None if the conversation can be trained on, else the reason."""
+    """None if the conversation can be trained on, else the reason. After an optional system message, turns go
+    user, assistant, user, ...; an assistant turn that calls tools is followed by their results (role tool) and
+    then the assistant again."""
     if not msgs:
         return "no messages"
     for j, m in enumerate(msgs):
         if m["role"] not in ROLES:
-            return f"message {j}: unknown role {m['role']!r}; expected system, user or assistant"
+            return f"message {j}: unknown role {m['role']!r}; expected system, user, assistant or tool"
         if not isinstance(m["content"], str):
             return f"message {j} ({m['role']}): content must be text, got {type(m['content']).__name__}"
+        if not isinstance(m.get("reasoning_content", ""), str):
+            return f"message {j}: reasoning_content must be text"
         if m["role"] == "system" and j:
             return f"message {j}: a system message may only come first"
-    turns = msgs[1:] if msgs[0]["role"] == "system" else msgs
-    for j, m in enumerate(turns):
-        expected = "user" if j % 2 == 0 else "assistant"
-        if m["role"] != expected:
-            k = j + len(msgs) - len(turns)
-            return f"message {k}: expected a {expected} turn, got {m['role']} (turns must alternate user, assistant)"
-        if not m["content"].strip():
-            return f"message {j + len(msgs) - len(turns)} ({m['role']}): empty content"
-    if not any(m["role"] == "assistant" for m in turns):
+    start = 1 if msgs[0]["role"] == "system" else 0
+    expected = ("user",)
+    for j, m in enumerate(msgs[start:], start):
+        if m["role"] not in expected:
+            return (f"message {j}: expected a {' or '.join(expected)} turn, got {m['role']} (turns must alternate "
+                    "user, assistant; tool results follow the assistant turn that calls the tools)")
+        calls = m["role"] == "assistant" and m.get("tool_calls")
+        if not m["content"].strip() and not calls:
+            return f"message {j} ({m['role']}): empty content"
+        expected = {"user": ("assistant",), "tool": ("tool", "assistant")}.get(m["role"]) or \
+            (("tool",) if calls else ("user",))
+    if not any(m["role"] == "assistant" for m in msgs):
         return "no assistant turn: nothing to learn from"
-    if turns[-1]["role"] != "assistant":
-        return "ends with a user turn; the last message must be the assistant's answer"
+    last = msgs[-1]
+    if last["role"] != "assistant" or last.get("tool_calls"):
+        what = "a tool call" if last["role"] == "assistant" else f"a {last['role']} turn"
+        return f"ends with {what}; the last message must be the assistant's answer"
     return None
 
 
@@ -331,7 +406,7 @@ def convert(input: str | Path, output: str | Path, source_format: str = "auto") 
     convs = load_conversations(Path(input), source_format)
     out = Path(output)
     out.parent.mkdir(parents=True, exist_ok=True)
-    records = [{"conversation": c} for c in convs]
+    records = [{"conversation": c} | ({"tools": c.tools} if getattr(c, "tools", None) else {}) for c in convs]
     out.write_text(json.dumps(records, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
     return len(records)
 
@@ -349,6 +424,7 @@ class Stats:
     truncated_turns: int = 0    # records that lost whole trailing turns to cutoff_len
     truncated_answer: int = 0   # records whose only answer was cut mid-way (it loses its end-of-turn)
     dropped: int = 0            # records with no trained token left after truncation
+    reasoning_lost: int = 0     # records whose final answer's reasoning the template does not render
     eot_trained: bool = False
     lengths: list[int] = field(default_factory=list)
 
@@ -366,11 +442,11 @@ def encode_rows(conversations, tokenizer, template, cutoff_len: int, train_on_pr
     """One row per conversation: input_ids, labels, what the cutoff did (`cut`), whether end-of-turn is trained."""
     if not conversations:
         return []
-    rendered = [template.render(c) for c in conversations]
+    rendered = [template.render(c, tools=getattr(c, "tools", None)) for c in conversations]
     enc = tokenizer([r.text for r in rendered], add_special_tokens=False, return_offsets_mapping=True)
     eot_ids = set(single_token_ids(tokenizer, template.stop))
     rows = []
-    for r, ids, offsets in zip(rendered, enc["input_ids"], enc["offset_mapping"], strict=True):
+    for c, r, ids, offsets in zip(conversations, rendered, enc["input_ids"], enc["offset_mapping"], strict=True):
         ids, trained, cut = truncate(ids, trained_tokens(r.spans, offsets, train_on_prompt), cutoff_len,
                                      train_on_prompt)
         labels = [t if keep else IGNORE for t, keep in zip(ids, trained, strict=True)]
@@ -380,8 +456,18 @@ def encode_rows(conversations, tokenizer, template, cutoff_len: int, train_on_pr
             eot = any(stop in r.text[a:b] for stop in template.stop for a, b in r.spans)
         if not any(trained):
             ids, labels, cut = [], [], DROPPED
-        rows.append({"input_ids": ids, "labels": labels, "cut": cut, "eot": eot})
+        rows.append({"input_ids": ids, "labels": labels, "cut": cut, "eot": eot, "lost": reasoning_lost(c, r.text)})
     return rows
+
+
+def reasoning_lost(messages: list[dict], text: str) -> bool:
+    """Whether an answer after the last user turn carries reasoning the rendered text does not hold (the template
+    drops it, so it is not trained). Earlier answers losing theirs is how reasoning models' templates show history."""
+    from ftkit.templates import split_reasoning
+
+    last_user = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=-1)
+    return any((r := split_reasoning(m)[0]) and r not in text
+               for m in messages[last_user + 1:] if m["role"] == "assistant")
 
 
 @dataclass
@@ -406,19 +492,17 @@ def render(messages: list[dict], template: str = "auto", model: str = "tiny", ad
     the same code as training and the preview. `model` may be a folder holding only a tokenizer (and config.json).
     `tools` go to the tokenizer's own template (`auto`); with `add_generation_prompt` nothing is trained."""
     from ftkit import model as M
-    from ftkit.templates import TokenizerTemplate, get_template
+    from ftkit.templates import get_template
 
     path = M.resolve(model)
     tokenizer = M.load_tokenizer(path)
     tmpl = get_template(template, tokenizer, M.model_type(path), enable_thinking)
-    if tools is not None and not isinstance(tmpl, TokenizerTemplate):
-        raise ConfigError(f"template: {template} renders no tools; use template: auto with a tokenizer whose "
-                          "chat template takes tools")
+    tools = tools if tools is not None else getattr(messages, "tools", None)
     messages = [dict(m) for m in messages]
     problem = None if add_generation_prompt else check_messages(messages)
     if problem:
         raise DataError(f"messages: {problem}")
-    r = tmpl.render(messages, add_generation_prompt, **({"tools": tools} if tools is not None else {}))
+    r = tmpl.render(messages, add_generation_prompt, tools=tools)
     enc = tokenizer(r.text, add_special_tokens=False, return_offsets_mapping=True)
     trained = trained_tokens(r.spans, enc["offset_mapping"], train_on_prompt)
     labels = [t if keep else IGNORE for t, keep in zip(enc["input_ids"], trained)]
@@ -474,6 +558,7 @@ def collect(rows: list[dict]) -> tuple[list[dict], Stats]:
         stats.trained_tokens += sum(label != IGNORE for label in labels)
         stats.lengths.append(len(ids))
         stats.eot_trained = stats.eot_trained or row["eot"]
+        stats.reasoning_lost += bool(row.get("lost"))
         examples.append({"input_ids": ids, "labels": labels})
     return examples, stats
 
@@ -536,7 +621,7 @@ def _write_rows(rows: list[dict], path: Path) -> None:
     import pyarrow as pa
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    table = pa.table({k: [r[k] for r in rows] for k in ("input_ids", "labels", "cut", "eot")})
+    table = pa.table({k: [r[k] for r in rows] for k in ("input_ids", "labels", "cut", "eot", "lost")})
     tmp = path.with_name(f".{path.name}.{os.getpid()}")
     with pa.OSFile(str(tmp), "wb") as f, pa.ipc.new_file(f, table.schema) as w:
         w.write_table(table)

@@ -55,7 +55,13 @@ class Template:
                        suffix=fill(self.suffix), sep=fill(self.sep), stop=tuple(fill(s) for s in self.stop),
                        prefix=fill(self.prefix))
 
-    def render(self, messages: list[dict], add_generation_prompt: bool = False) -> Rendered:
+    def render(self, messages: list[dict], add_generation_prompt: bool = False, tools: list | None = None) -> Rendered:
+        used = "tools" if tools else next((f"message {k}" for k, m in enumerate(messages)
+                                           if m["role"] == "tool" or m.get("tool_calls")), None)
+        if used:
+            raise DataError(f"template: {self.name} renders no tools, tool calls or tool results ({used}); use "
+                            "template: auto with a model whose own chat template takes tools (Qwen2.5, Qwen3, "
+                            "Llama 3.1, Mistral)")
         system, turns = _split_system(messages, self.default_system)
         text, spans = self.prefix, []
         if (system or self.always_system) and self.system:
@@ -247,29 +253,52 @@ class TokenizerTemplate:
             return Rendered(text, [])
         if not self.closes_last and messages and messages[-1]["role"] == "assistant":
             text += self.markers[0]  # trained: the model learns to stop where inference ends the turn
-        spans, cursor = [], 0
+        spans, cursor, shown = [], 0, ""  # shown: the text of the message located last
         for k, m in enumerate(messages):
-            content = m["content"] if isinstance(m.get("content"), str) else ""
-            if m["role"] == "system" or not content.strip():
+            if m["role"] == "system":
                 continue  # a template may move the system text (into the last user turn, say)
-            found = next((c for c in (content, content.strip()) if text.find(c, cursor) >= 0), None)
-            if found is None:
-                raise self._refuse(f"rewrites message {k} ({m['role']}) so that its text no longer appears as "
-                                   "written, so its answer cannot be located")
-            pos = text.find(found, cursor)
-            cursor = pos + len(found)
+            answer = split_reasoning(m)[1] if m["role"] == "assistant" else m["content"]
+            found = next((c for c in (answer, answer.strip()) if c.strip() and text.find(c, cursor) >= 0), None)
             if m["role"] != "assistant":
+                if found is None and m["role"] == "user" and m["content"].strip():
+                    raise self._refuse(f"rewrites message {k} (user) so that its text no longer appears as written, "
+                                       "so the answers around it cannot be located")
+                if found:  # tool results: where found
+                    cursor, shown = text.find(found, cursor) + len(found), found
                 continue
-            start, head = pos, self._apply(messages[:k], True)
-            if len(head) <= pos and text.startswith(head) and (not spans or spans[-1][1] <= len(head)):
-                start = len(head)  # what the model generates after the prompt, a think block included
+            head = self._apply(messages[:k], True)
+            tail = head[head.rfind(shown) + len(shown):] if shown and shown in head else None  # what the prompt adds
+            if text.startswith(head) and (not spans or spans[-1][1] <= len(head)):
+                prompt_end = len(head)
+            elif tail is not None and text.startswith(tail, cursor):  # the template renders earlier turns otherwise
+                prompt_end = cursor + len(tail)  # (Mistral moves the system text): after the prompt's last part
+            else:
+                prompt_end = None
+            if found is None and not (m.get("tool_calls") and prompt_end is not None):
+                raise self._refuse(f"rewrites message {k} (assistant) so that its text no longer appears as written, "
+                                   "so its answer cannot be located")
+            pos = text.find(found, cursor) if found else prompt_end
+            if prompt_end is not None and prompt_end <= pos:
+                start = prompt_end  # what the model generates after the prompt, a think block included
+            else:
+                start = pos
+            cursor = pos + len(found) if found else pos
+            for call in m.get("tool_calls") or []:  # the calls follow the text; each shows its function's name
+                name = (call.get("function") or call).get("name", "")
+                at = text.find(name, cursor)
+                if not name or at < 0:
+                    raise self._refuse(f"does not show the tool call {name!r} of message {k}")
+                cursor = at + len(name)
             end = cursor
             rest = text[end:].lstrip()
             marker = next((mk for mk in self.markers if rest.startswith(mk)), None)
             if marker:
                 end = len(text) - len(rest) + len(marker)
+            elif m.get("tool_calls"):  # the rest of the call (its arguments) runs to the end-of-turn marker
+                ends = [i + len(mk) for mk in self.markers if (i := text.find(mk, end)) >= 0]
+                end = min(ends) if ends else len(text)
             spans.append((start, end))
-            cursor = end
+            cursor, shown = end, text[pos:end]
         return Rendered(text, spans)
 
     def jinja(self) -> str:

@@ -88,7 +88,8 @@ def _train(cfg: RunConfig, callbacks, console: bool, should_stop) -> Run:
     if packed and cfg.flash_attn == "auto":  # an explicit sdpa or eager is taken literally
         M.use_packed_attention(model, cfg.cutoff_len)
     M.match_vocab(model, tokenizer)
-    notes = [M.attention_impl(cfg.flash_attn)[1], chat_template_to_save(p.template, tokenizer)[1]]
+    notes = [M.attention_impl(cfg.flash_attn)[1], chat_template_to_save(p.template, tokenizer)[1],
+             _reasoning_note(p)]
     model = M.make_trainable(model, cfg, notes)
     out.mkdir(parents=True, exist_ok=True)
     main = int(os.environ.get("RANK", "0")) == 0  # with several processes, the first one writes and prints
@@ -136,6 +137,14 @@ def _clear_previous_run(out: Path) -> None:
 
     for old in [*out.glob("checkpoint-*"), out / "runs", out / "merged", out / "lora_init"]:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def _reasoning_note(p) -> str | None:
+    lost = p.data.stats.reasoning_lost
+    if not lost:
+        return None
+    return (f"{lost} examples carry reasoning in their final answer that template {p.config.template} does not "
+            "render, so it is not trained (DeepSeek-R1's official template drops it; template: deepseekr1 keeps it)")
 
 
 def _notes(cfg: RunConfig, notes: list[str | None]) -> str | None:

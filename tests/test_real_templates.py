@@ -251,3 +251,82 @@ def test_auto_falls_back_by_family_and_vocabulary(tmp_path):
         from ftkit.templates import get_template
 
         assert get_template("auto", tok, "phi3").name == expected, (vocab, len(tok))
+
+
+WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
+                                            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}
+
+
+def tool_chat():
+    from ftkit.data import Conversation
+
+    return Conversation([
+        {"role": "system", "content": "Use tools."},
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": "", "tool_calls": [
+            {"id": "call00001", "type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]},
+        {"role": "tool", "tool_call_id": "call00001", "name": "get_weather", "content": '{"temp_c": 22}'},
+        {"role": "assistant", "content": "It is 22 degrees in Paris."},
+    ], tools=[WEATHER])
+
+
+@pytest.mark.parametrize("source", ["Qwen-Qwen2.5-7B-Instruct", "Qwen-Qwen3-0.6B", "meta-llama-Llama-3.1-8B-Instruct",
+                                    "mistralai-Mistral-Nemo-Instruct-2407", "NousResearch-Hermes-3-Llama-3.1-8B-tool_use"])
+def test_tool_calls_are_trained_and_tool_results_are_not(source, official, tiny_tokenizer):
+    tok = host(tiny_tokenizer, official[source])
+    template, chat = TokenizerTemplate(tok), tool_chat()
+    r = template.render(chat, tools=chat.tools)
+    assert r.text == tok.apply_chat_template(list(chat), tools=chat.tools, tokenize=False)
+    call, answer = (r.text[a:b] for a, b in r.spans)
+    assert "get_weather" in call and "Paris" in call and call.endswith(template.markers)  # name, arguments, end of turn
+    assert "It is 22 degrees in Paris." in answer and answer.endswith(template.markers)  # (Qwen3: a think block first)
+    assert not any(s in call + answer for s in ("temp_c", "Weather in Paris?", "Use tools."))
+
+
+def test_reasoning_is_trained_where_the_template_keeps_it(official, tiny_tokenizer):
+    from ftkit.templates import get_template
+
+    history = [{"role": "user", "content": "Hi there"},
+               {"role": "assistant", "content": "Hello friend.", "reasoning_content": "A greeting."},
+               {"role": "user", "content": "2+2?"}]
+    for last in ({"role": "assistant", "content": "4", "reasoning_content": "Add them."},
+                 {"role": "assistant", "content": "<think>\nAdd them.\n</think>\n\n4"}):  # Qwen3 / R1 data: inline
+        conversation = [*history, last]
+        # Qwen3's official template keeps the last answer's reasoning and drops earlier ones; the built-in equals it
+        tok = host(tiny_tokenizer, official["Qwen-Qwen3-0.6B"])
+        auto, builtin = TokenizerTemplate(tok).render(conversation), get_template("qwen3", tok).render(conversation)
+        assert builtin.text == auto.text and "A greeting." not in auto.text
+        trained = [auto.text[a:b] for a, b in auto.spans]
+        assert trained == ["Hello friend.<|im_end|>", "<think>\nAdd them.\n</think>\n\n4<|im_end|>"]
+        assert [builtin.text[a:b] for a, b in builtin.spans] == trained
+        # R1's official (distill) template drops all reasoning: auto trains the answers it shows; the deepseekr1
+        # built-in keeps the last answer's reasoning, after the "<think>\n" its generation prompt already holds
+        tok = host(tiny_tokenizer, official["deepseek-ai-DeepSeek-R1-Distill-Llama-8B"])
+        tok.add_special_tokens({"eos_token": "<｜end▁of▁sentence｜>"})
+        auto = TokenizerTemplate(tok).render(conversation)
+        assert "Add them." not in auto.text and auto.text[auto.spans[-1][0]:auto.spans[-1][1]] == "4<｜end▁of▁sentence｜>"
+        builtin = get_template("deepseekr1", tok).render(conversation)
+        assert builtin.text.endswith("<｜Assistant｜><think>\nAdd them.\n</think>\n\n4<｜end▁of▁sentence｜>")
+        assert builtin.text[builtin.spans[-1][0]:builtin.spans[-1][1]] == "Add them.\n</think>\n\n4<｜end▁of▁sentence｜>"
+        assert builtin.text[:builtin.spans[-1][0]] == get_template("deepseekr1", tok).render(
+            conversation[:-1], add_generation_prompt=True).text
+
+
+def test_a_run_says_when_its_template_drops_the_reasoning_it_was_given(official, tiny_tokenizer, workdir):
+    import json
+
+    import ftkit
+    from ftkit.data import encode
+    from ftkit.templates import get_template
+    from ftkit.training import _reasoning_note
+    from conftest import base_config
+
+    convs = [[{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4", "reasoning_content": "Add."}]]
+    tok = host(tiny_tokenizer, official["deepseek-ai-DeepSeek-R1-Distill-Llama-8B"])
+    assert encode(convs, tok, TokenizerTemplate(tok), 4096)[1].reasoning_lost == 1  # R1's official drops it
+    assert encode(convs, tok, get_template("deepseekr1", tok), 4096)[1].reasoning_lost == 0
+    # tiny's own template (ChatML) renders no reasoning: a run on such data says so before it trains
+    (workdir / "r.jsonl").write_text("\n".join(json.dumps({"messages": c}) for c in convs * 8))
+    plan = ftkit.plan(base_config(workdir / "run", dataset=str(workdir / "r.jsonl")))
+    assert plan.data.stats.reasoning_lost == 8 - len(plan.data.eval)
+    assert "reasoning in their final answer that template auto does not render" in _reasoning_note(plan)

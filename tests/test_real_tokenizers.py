@@ -84,3 +84,40 @@ def test_preview_pieces_and_packed_batches_on_real_tokenizers(vocab):
         starts.append(starts[-1] + len(r["input_ids"]))
     assert batch["position_ids"][0, starts].tolist() == [0] * len(rows)
     assert batch["labels"][0, starts].tolist() == [IGNORE] * len(rows)  # nothing predicted across examples
+
+
+def test_tool_calling_and_reasoning_files_train_on_a_real_tokenizer(tmp_path):
+    """LLaMA-Factory's tool-calling sharegpt shape (function_call / observation turns, a `tools` JSON column) and
+    OpenAI's (tools, tool_calls, reasoning_content) read into the same conversations; through Qwen2.5's official
+    template on the real Qwen2 tokenizer the call is trained, the tool's result is not."""
+    from ftkit.data import load_conversations
+
+    tools = [{"name": "get_weather", "description": "Weather in a city",
+              "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}]
+    sharegpt = {"conversations": [
+        {"from": "human", "value": "巴黎天气如何？"},
+        {"from": "function_call", "value": json.dumps({"name": "get_weather", "arguments": {"city": "Paris"}})},
+        {"from": "observation", "value": json.dumps({"temp_c": 22})},
+        {"from": "gpt", "value": "巴黎现在22度。"}], "tools": json.dumps(tools, ensure_ascii=False)}
+    openai = {"messages": [
+        {"role": "user", "content": "巴黎天气如何？"},
+        {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "type": "function", "function": {
+            "name": "get_weather", "arguments": json.dumps({"city": "Paris"})}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": json.dumps({"temp_c": 22})},
+        {"role": "assistant", "content": "巴黎现在22度。", "reasoning_content": "22 is warm."}],
+        "tools": [{"type": "function", "function": tools[0]}]}
+    (tmp_path / "lf.json").write_text(json.dumps([sharegpt], ensure_ascii=False), encoding="utf-8")
+    (tmp_path / "oa.jsonl").write_text(json.dumps(openai, ensure_ascii=False) + "\n", encoding="utf-8")
+    (lf,), (oa,) = load_conversations(tmp_path / "lf.json"), load_conversations(tmp_path / "oa.jsonl")
+    assert lf.tools == oa.tools and lf[1]["tool_calls"][0]["function"] == oa[1]["tool_calls"][0]["function"]
+    assert [m["role"] for m in lf] == ["user", "assistant", "tool", "assistant"]
+
+    tok, template = tokenizer_and_template("qwen2", "auto")
+    rows, stats = encode([lf, oa], tok, template, cutoff_len=4096)
+    for row in rows:
+        trained = tok.decode([t for t in row["labels"] if t != IGNORE])
+        assert '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call><|im_end|>' in trained
+        assert trained.endswith("巴黎现在22度。<|im_end|>") and "temp_c" not in trained and "天气" not in trained
+        assert "get_weather" in tok.decode(row["input_ids"]).split("<|im_start|>user")[0]  # the tools, in the system turn
+    with pytest.raises(Exception, match="template: qwen renders no tools"):
+        encode([lf], tok, get_template("qwen", tok), cutoff_len=4096)

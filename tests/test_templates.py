@@ -10,7 +10,7 @@ from the copy named; none is written from memory.
 import pytest
 
 from conftest import CONVERSATIONS
-from ftkit.errors import ConfigError
+from ftkit.errors import ConfigError, DataError
 from ftkit.templates import TEMPLATES, TokenizerTemplate, get_template
 
 CHAT = [
@@ -129,7 +129,10 @@ def test_jinja_export_matches_render(name, tiny_tokenizer):
     saved = tok.chat_template
     try:
         tok.chat_template = t.jinja()
-        for msgs in (CHAT, CHAT[1:3]):
+        thought = [*CHAT[:4], {"role": "assistant", "content": "<think>\nSum.\n</think>\n\n4"}]  # reasoning inline
+        given = [*CHAT[:2], {**CHAT[2], "reasoning_content": "Greet."}, CHAT[3],
+                 {"role": "assistant", "content": "4", "reasoning_content": "Add."}]
+        for msgs in (CHAT, CHAT[1:3], thought, given):
             assert tok.apply_chat_template(msgs, tokenize=False) == t.render(msgs).text
             assert tok.apply_chat_template(msgs[:-1], tokenize=False, add_generation_prompt=True) == \
                 t.render(msgs[:-1], add_generation_prompt=True).text
@@ -174,7 +177,7 @@ def test_render_shows_text_tokens_and_labels_as_training_sees_them(tiny_tokenize
     tiny_tokenizer.save_pretrained(folder)
     (folder / "config.json").write_text(json.dumps({"model_type": "llama"}))
     assert ftkit.render(conv, model=str(folder), template="llama3").text.startswith("<|begin_of_text|>")
-    with pytest.raises(ConfigError, match="renders no tools; use template: auto"):
+    with pytest.raises(DataError, match=r"renders no tools, tool calls or tool results \(tools\); use template: auto"):
         ftkit.render(conv, template="chatml", tools=[{"type": "function", "function": {"name": "f"}}])
 
 
