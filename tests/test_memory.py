@@ -1,10 +1,14 @@
 """The pre-run memory estimate against the measured peak of real runs on CPU (separate processes).
 
-Stated tolerance: the process's peak resident memory growth during a run is between 0.9x and 1.45x the
-estimate (measured 1.04x-1.29x across LoRA, full, QLoRA, checkpointing, eager attention and freeze when the
-estimate was calibrated; the rest is allocator and framework overhead the estimate leaves out).
+Each run is measured twice. With glibc's mmap threshold fixed (MALLOC_MMAP_THRESHOLD_), every freed tensor of
+128 KiB or more goes back to the system at once, so the peak growth of resident memory is the peak of live
+memory, what the estimate models: measured 0.63x (checkpointing), 0.72x (LoRA), 0.80x (QLoRA 4-bit) and 1.05x
+(full) of the estimate; it over-counts activations, never under by more than a few percent. With the default
+allocator, what a user sees, glibc raises its mmap threshold after the first large free and keeps freed heap
+memory, ~90-260 MiB more here: 1.14-1.50x of the estimate (checkpointing, the smallest run, highest).
 """
 import json
+import os
 import subprocess
 import sys
 
@@ -51,12 +55,18 @@ def mid_model(tmp_path_factory, tiny_tokenizer):
                                    {"gradient_checkpointing": True}],
                          ids=["lora", "full", "qlora4", "checkpointing"])
 def test_estimate_matches_measured_peak(mid_model, tmp_path, extra):
-    cfg = dict(model_name_or_path=str(mid_model / "model"), dataset=str(mid_model / "data.json"), max_steps=3,
-               per_device_train_batch_size=8, output_dir=str(tmp_path / "run"), save_steps=1000, **extra)
-    out = subprocess.run([sys.executable, "-c", CHILD, json.dumps(cfg)], capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-2000:]
-    r = json.loads(out.stdout.strip().splitlines()[-1])
-    assert 0.9 <= r["measured"] / r["estimate"] <= 1.45, r
+    def peak(run: str, **env) -> dict:
+        cfg = dict(model_name_or_path=str(mid_model / "model"), dataset=str(mid_model / "data.json"), max_steps=3,
+                   per_device_train_batch_size=8, output_dir=str(tmp_path / run), save_steps=1000, **extra)
+        out = subprocess.run([sys.executable, "-c", CHILD, json.dumps(cfg)], capture_output=True, text=True,
+                             timeout=300, env={**os.environ, **env})
+        assert out.returncode == 0, out.stderr[-2000:]
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    live = peak("live", MALLOC_MMAP_THRESHOLD_="131072")
+    assert 0.55 <= live["measured"] / live["estimate"] <= 1.15, live  # the estimate covers the live tensors
+    seen = peak("default")
+    assert 0.9 <= seen["measured"] / seen["estimate"] <= 1.6, seen  # plus what the allocator keeps
 
 
 def test_estimate_parts_follow_the_method(tiny_tokenizer):
