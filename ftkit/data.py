@@ -243,8 +243,9 @@ def check_messages(msgs: list[dict]) -> str | None:
     expected = ("user",)
     for j, m in enumerate(msgs[start:], start):
         if m["role"] not in expected:
-            return (f"message {j}: expected a {' or '.join(expected)} turn, got {m['role']} (turns must alternate "
-                    "user, assistant; tool results follow the assistant turn that calls the tools)")
+            article = "an" if expected[0] == "assistant" else "a"
+            return (f"message {j}: expected {article} {' or '.join(expected)} turn, got {m['role']} (turns must "
+                    "alternate user, assistant; tool results follow the assistant turn that calls the tools)")
         calls = m["role"] == "assistant" and m.get("tool_calls")
         if not m["content"].strip() and not calls:
             return f"message {j} ({m['role']}): empty content"

@@ -1,4 +1,5 @@
 import json
+import re
 
 import pytest
 
@@ -246,3 +247,27 @@ def test_tokenized_data_is_cached_and_a_changed_file_is_tokenized_again(tiny_tok
     monkeypatch.setenv("FTKIT_CACHE_DIR", "off")
     assert prepare(cfg, tiny_tokenizer, t).train == changed.train
     assert len(list((tmp_path / "cache").glob("*.arrow"))) == 3
+
+
+def test_tool_calling_records_keep_their_tools_through_convert(tmp_path):
+    """LLaMA-Factory's tool-calling sharegpt record converts to the conversation shape with its tools, calls and
+    results, and reads back the same; a bad call or a dangling call is refused with the record and reason."""
+    tools = [{"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}]
+    record = {"conversations": [{"from": "human", "value": "Weather?"},
+                                {"from": "function_call", "value": '{"name": "get_weather", "arguments": {"city": "Oslo"}}'},
+                                {"from": "observation", "value": '{"temp_c": -3}'},
+                                {"from": "gpt", "value": "Cold."}], "tools": json.dumps(tools)}
+    (tmp_path / "in.json").write_text(json.dumps([record]))
+    assert convert(tmp_path / "in.json", tmp_path / "out.json") == 1
+    (out,) = json.loads((tmp_path / "out.json").read_text())
+    assert out["tools"] == [{"type": "function", "function": tools[0]}]
+    assert out["conversation"][1]["tool_calls"][0]["function"] == {"name": "get_weather", "arguments": {"city": "Oslo"}}
+    (back,), (orig,) = load_conversations(tmp_path / "out.json"), load_conversations(tmp_path / "in.json")
+    assert back == orig and back.tools == orig.tools
+    for bad, why in [({"from": "function_call", "value": "{not json"}, "function_call: not valid JSON"),
+                     ({"from": "function_call", "value": '{"arguments": {}}'}, 'function_call must hold'),
+                     ({"from": "observation", "value": "x"}, "message 1: expected an assistant turn, got tool")]:
+        rec = {**record, "conversations": [record["conversations"][0], bad, record["conversations"][3]]}
+        (tmp_path / "bad.json").write_text(json.dumps([rec]))
+        with pytest.raises(DataError, match=f"record 0: {re.escape(why)}"):
+            load_conversations(tmp_path / "bad.json")
