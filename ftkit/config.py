@@ -93,6 +93,8 @@ class RunConfig:
     save_steps: int = _f(500, "Save a checkpoint every N updates.")
     eval_steps: int | None = _f(None, "Evaluate every N updates (default: 5 times per run when val_size > 0).")
     report_to: str | list[str] = _f("none", "Extra loggers: none | tensorboard | wandb ...")
+    plot_loss: bool = _f(False, "Write the loss curves as training_loss.png (and training_eval_loss.png) in the run "
+                                "folder at the end (needs matplotlib).")
     seed: int = _f(42, "Random seed for data order and initialisation.")
     output_dir: str | None = _f(None, "Run folder; default outputs/<model>-<finetuning_type>.")
     overwrite_output_dir: bool = _f(False, "Reuse an output_dir that holds another run.")
@@ -106,6 +108,7 @@ class RunConfig:
     preview_max_new_tokens: int = _f(48, "Length limit of each preview answer, in tokens (greedy decoding).")
     # passthrough TrainingArguments fields (optim, weight_decay, ...), filled by from_dict
     extra: dict = _f({}, "Other transformers.TrainingArguments fields, passed through.", internal=True)
+    accepted: list = _f([], "LLaMA-Factory keys accepted and not needed (listed in the pre-flight).", internal=True)
 
     # ---- construction ----------------------------------------------------
 
@@ -128,8 +131,9 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, raw: dict) -> "RunConfig":
-        raw = flatten(raw)
-        known, hints, problems, values, extra = cls.fields(), _hints(), [], {}, dict(raw.pop("extra", None) or {})
+        raw, accepted, problems = llama_factory_keys(flatten(raw))
+        known, hints, values, extra = cls.fields(), _hints(), {}, dict(raw.pop("extra", None) or {})
+        accepted = sorted({*accepted, *(raw.pop("accepted", None) or [])})
         passthrough = None
         if isinstance(raw.get("flash_attn"), bool):  # a bare --flash_attn asks for fa2 (with a fallback)
             raw["flash_attn"] = "fa2" if raw["flash_attn"] else "sdpa"
@@ -145,7 +149,7 @@ class RunConfig:
                 extra[key] = value
             else:
                 problems.append(_unknown(key, list(known) + sorted(passthrough)))
-        cfg = cls(**values, extra=extra)
+        cfg = cls(**values, extra=extra, accepted=accepted)
         problems += cfg.check()
         if problems:
             raise ConfigError(problems, title="invalid run config")
@@ -253,7 +257,145 @@ GROUP_ALIASES = {"lora_config": _LORA_KEYS, "lora": _LORA_KEYS, "train": {}, "mo
                  "output": {}, "quantization": {}}
 
 
-KEY_ALIASES = {"additional_target": "modules_to_save"}  # LLaMA-Factory's name for the same thing
+KEY_ALIASES = {"additional_target": "modules_to_save", "add_special_tokens": "new_special_tokens"}  # LLaMA-Factory's
+# names for the same thing
+
+
+# ---- LLaMA-Factory's argument names --------------------------------------------
+# Every name LLaMA-Factory 0.9.5 takes (its hparams dataclasses; tests/test_llama_factory.py reads them from its
+# source) is a RunConfig field, a TrainingArguments field, an alias above, or one of these: bookkeeping ftkit does
+# not need (accepted; the pre-flight lists them once), or a method or setting ftkit does not have (refused by name
+# when it asks for something, with the reason; `use_galore: false` asks for nothing and is accepted).
+
+def _group(names: str, why: str) -> dict[str, str]:
+    return dict.fromkeys(names.split(), why)
+
+
+LF_NOT_NEEDED = {
+    **_group("do_train preprocessing_num_workers preprocessing_batch_size overwrite_cache data_shared_file_system "
+             "use_fast_tokenizer low_cpu_mem_usage print_param_status include_effective_tokens_per_second "
+             "ignore_pad_token_for_loss use_kv_cache pissa_convert cache_dir hf_hub_token ms_hub_token "
+             "om_hub_token quantization_method", "bookkeeping ftkit does itself"),
+    **_group("do_sample temperature top_p top_k num_beams max_length max_new_tokens repetition_penalty "
+             "length_penalty skip_special_tokens infer_backend infer_dtype default_system",
+             "generation settings: ftkit chat and predict read them, training does not"),
+}
+LF_REFUSED = {
+    **_group("use_galore galore_target galore_rank galore_update_interval galore_scale galore_proj_type "
+             "galore_layerwise", "GaLore"),
+    **_group("use_apollo apollo_target apollo_rank apollo_update_interval apollo_scale apollo_proj apollo_proj_type "
+             "apollo_scale_type apollo_layerwise apollo_scale_front", "APOLLO"),
+    **_group("use_badam badam_mode badam_start_block badam_switch_mode badam_switch_interval badam_update_ratio "
+             "badam_mask_mode badam_verbose", "BAdam"),
+    **_group("use_adam_mini", "Adam-mini"), **_group("use_muon", "the Muon optimizer"),
+    **_group("loraplus_lr_ratio loraplus_lr_embedding", "LoRA+"), **_group("use_llama_pro", "LLaMA Pro"),
+    **_group("module_dropout oft_rank oft_block_size oft_target", "OFT"),
+    **_group("use_dft_loss use_asft_loss asft_alpha use_eaft_loss eaft_alpha", "the DFT/ASFT/EAFT losses"),
+    **_group("pref_beta pref_ftx pref_bco_weight pref_loss dpo_label_smoothing kto_chosen_weight kto_rejected_weight "
+             "simpo_gamma ppo_buffer_size ppo_epochs ppo_score_norm ppo_target ppo_whiten_rewards ref_model "
+             "ref_model_adapters ref_model_quantization_bit reward_model reward_model_adapters "
+             "reward_model_quantization_bit reward_model_type ld_alpha", "preference and RL training (stage "
+             "rm/dpo/kto/ppo)"),
+    **_group("use_swanlab swanlab_project swanlab_workspace swanlab_run_name swanlab_mode swanlab_api_key "
+             "swanlab_logdir swanlab_lark_webhook_url swanlab_lark_secret", "SwanLab logging (report_to: "
+             "tensorboard works)"),
+    **_group("use_unsloth use_unsloth_gc", "Unsloth's kernels"), **_group("enable_liger_kernel use_v1_kernels",
+                                                                         "Liger kernels"),
+    **_group("mixture_of_depths", "mixture-of-depths conversion"), **_group("shift_attn", "shift short attention"),
+    **_group("rope_scaling", "RoPE scaling"),
+    **_group("use_mca use_hyper_parallel hyper_parallel_args tensor_model_parallel_size sequence_parallel "
+             "pipeline_model_parallel_size bias_activation_fusion apply_rope_fusion use_distributed_optimizer "
+             "overlap_param_gather overlap_grad_reduce moe_grouped_gemm moe_token_dispatcher_type "
+             "expert_model_parallel_size recompute_granularity", "Megatron-Core and hyper-parallel training"),
+    **_group("pure_bf16", "pure bf16 training (bf16: true gives mixed precision)"),
+    **_group("fp8 fp8_backend fp8_enable_fsdp_float8_all_gather", "FP8 training"),
+    **_group("use_kt kt_weight_path kt_expert_checkpoint_path kt_use_lora_experts kt_lora_expert_num "
+             "kt_lora_expert_intermediate_size", "KTransformers"),
+    **_group("ray_num_workers ray_init_kwargs master_addr master_port", "Ray (use `ftkit train --gpus N` or "
+             "torchrun)"),
+    **_group("enable_torch_profiler profiler_output_dir profiler_wait_steps profiler_warmup_steps "
+             "profiler_active_steps profiler_repeat profiler_record_shapes profiler_profile_memory "
+             "profiler_with_stack profile_modules", "the torch profiler"),
+    **_group("media_dir image_max_pixels image_min_pixels image_do_pan_and_scan crop_to_patches video_max_pixels "
+             "video_min_pixels video_fps video_maxlen use_audio_in_video audio_sampling_rate freeze_vision_tower "
+             "freeze_multi_modal_projector freeze_language_model", "vision and audio fine-tuning"),
+    **_group("vllm_maxlen vllm_gpu_util vllm_enforce_eager vllm_max_lora_rank vllm_config sglang_maxlen "
+             "sglang_mem_fraction sglang_tp_size sglang_config sglang_lora_backend", "vLLM and SGLang inference"),
+
+    **_group("task task_dir batch_size lang n_shot save_dir download_mode", "benchmark evaluation (MMLU, C-Eval)"),
+    **_group("eval_num_beams eval_on_each_dataset", "a separate evaluation dataset"),
+    **_group("streaming buffer_size mix_strategy interleave_probs tokenized_path", "streaming, mixing and "
+             "pre-tokenized datasets"),
+    **_group("mask_history", "training only the last turn (every answer trains)"),
+    **_group("neat_packing block_diag_attn", "neat packing (packing keeps attention within each example already)"),
+    **_group("tool_format", "a tool format other than the model's own template's"),
+    **_group("preserve_thinking", "keeping earlier turns' reasoning"),
+    **_group("adapter_name_or_path adapter_folder create_new_adapter", "continuing an existing adapter"),
+    **_group("resize_vocab split_special_tokens add_tokens new_special_tokens_config init_special_tokens",
+             "these vocabulary settings (new_special_tokens adds special tokens)"),
+    **_group("train_from_scratch", "training from scratch"), **_group("model_revision", "hub revisions (use a "
+                                                                      "local folder)"),
+    **_group("offload_folder device_map quantization_device_map compute_dtype model_max_length",
+             "these loading settings"),
+    **_group("moe_aux_loss_coef", "a MoE auxiliary loss weight"), **_group("use_reentrant_gc", "reentrant checkpointing"),
+    **_group("upcast_layernorm upcast_lmhead_output", "upcasting layers to fp32"),
+    **_group("freeze_trainable_modules freeze_extra_modules", "freeze tuning of named modules (freeze tuning trains "
+             "the last freeze_trainable_layers layers)"),
+    **_group("compute_accuracy", "token accuracy during evaluation"), **_group("disable_shuffling", "unshuffled data"),
+    **_group("early_stopping_steps", "early stopping"),
+}
+
+
+LF_ELSEWHERE = {  # keys of LLaMA-Factory's other jobs, in a training file
+    **_group("export_dir export_size export_device export_quantization_bit export_quantization_dataset "
+             "export_quantization_nsamples export_quantization_maxlen export_legacy_format export_hub_model_id",
+             "an export key: it belongs in the file given to `ftkit merge FILE`"),
+    "fsdp_transformer_layer_cls_to_wrap": "transformers 5 reads it inside fsdp_config: {transformer_layer_cls_to_wrap: "
+                                          "[...]}",
+    **_group("do_predict predict_with_generate", "a predict key: predict runs (generate answers for eval_dataset "
+             "and score them) are not supported yet"),
+    "eval_dataset": "an evaluation key (LLaMA-Factory's predict runs, not supported yet); a training run holds out "
+                    "part of its data with val_size",
+}
+
+
+def llama_factory_keys(raw: dict) -> tuple[dict, list[str], list[str]]:
+    """LLaMA-Factory's names in a flat config: (the config in ftkit's keys, the keys accepted as not needed, the
+    problems of keys asking for what ftkit lacks)."""
+    out, accepted, problems, refused = {}, [], [], {}
+    for key, value in raw.items():
+        if key == "disable_gradient_checkpointing":
+            if value and raw.get("gradient_checkpointing") is None:
+                out["gradient_checkpointing"] = False
+            accepted += [] if value else [key]
+        elif key == "pissa_iter":  # LLaMA-Factory's PiSSA iterations, used with pissa_init
+            if raw.get("pissa_init"):
+                out["init_lora_weights"] = "pissa" if value == -1 else f"pissa_niter_{value}"
+        elif key in LF_NOT_NEEDED:
+            if key == "quantization_method" and value not in (None, "bnb", "bitsandbytes"):
+                problems.append(f"quantization_method: {value!r} is not supported; ftkit quantizes with "
+                                "bitsandbytes (quantization_method: bnb)")
+            accepted.append(key)
+        elif key in LF_ELSEWHERE:
+            if value in (None, False, "", [], {}):
+                accepted.append(key)
+            else:
+                problems.append(f"{key}: {LF_ELSEWHERE[key]}")
+        elif key in LF_REFUSED:
+            if value in (None, False, "", [], {}, "none"):
+                accepted.append(key)
+            else:
+                refused.setdefault(LF_REFUSED[key], []).append(key)
+        elif key == "flash_attn" and value == "disabled":  # LLaMA-Factory's name for plain attention
+            out[key] = "eager"
+        else:
+            out[key] = value
+    for what, keys in refused.items():
+        problems.append(f"{', '.join(keys)}: ftkit does not support {what}; remove "
+                        + ("it" if len(keys) == 1 else "these keys"))
+    if raw.get("pissa_init") and "init_lora_weights" in out and "pissa_iter" in raw:
+        out.pop("pissa_init", None)
+    return out, accepted, problems
 
 
 def flatten(raw: dict) -> dict:
@@ -347,6 +489,8 @@ def _hints() -> dict:
 
 def _type_name(hint) -> str:
     args = typing.get_args(hint)
+    if typing.get_origin(hint) is list:
+        return f"a list of {_type_name(args[0])}" if args else "a list"
     if not args:
         return getattr(hint, "__name__", str(hint))
     return " or ".join(_type_name(a) for a in args if a is not type(None))

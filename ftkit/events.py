@@ -77,6 +77,32 @@ class JsonlLog:
             f.write(json.dumps(event, ensure_ascii=False, default=str) + "\n")
 
 
+class LossPlot(RunMetrics):
+    """LLaMA-Factory's plot_loss: at the end, the loss curves as training_loss.png (and training_eval_loss.png when
+    the run evaluated) in the run folder."""
+
+    def __init__(self, folder: Path):
+        self.folder, self.metrics = Path(folder), []
+
+    def __call__(self, event: Event) -> None:
+        self.metrics.append(event)
+        if event["kind"] != "end":
+            return
+        import matplotlib
+
+        matplotlib.use("Agg")  # files only, whatever backend the caller's process has
+        from matplotlib.figure import Figure
+
+        for name, points, label in (("training_loss.png", self.losses, "train loss"),
+                                    ("training_eval_loss.png", self.eval_losses, "eval loss")):
+            if points:
+                fig = Figure(figsize=(6, 4), dpi=100)
+                ax = fig.subplots()
+                ax.plot(*zip(*points), label=label)
+                ax.set(xlabel="step", ylabel="loss", title=f"{label}: {self.folder.name}")
+                fig.savefig(self.folder / name)
+
+
 def read_jsonl(path: Path) -> list[Event]:
     return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
 
@@ -136,6 +162,8 @@ def preflight_text(e: Event) -> str:
     ]
     if e.get("truncated"):
         lines.insert(2, f"  cutoff   {e['truncated']}")
+    if e.get("accepted"):
+        lines.append(f"  config   accepted, not needed here: {e['accepted']}")
     if e.get("note"):  # absent from a dry run
         lines.append(f"  note     {e['note']}")
     return "\n".join(lines)

@@ -49,6 +49,7 @@ class Plan:
             batch_tokens=_batch_text(cfg, packed), packed=packed, device=device(), model=cfg.model_name_or_path,
             finetuning=_method_text(cfg), output_dir=str(cfg.run_dir), memory=self.memory.text() + self.memory_note,
             memory_mb=self.memory.total / 2**20, memory_available_mb=self.memory_available / 2**20,
+            accepted=", ".join(cfg.accepted) or None,
             config=cfg.to_dict())
 
 

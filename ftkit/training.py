@@ -18,7 +18,7 @@ from transformers import Trainer, TrainerCallback  # ftkit.training is the engin
 
 from ftkit.config import ADAPTER_CONFIG, RUN_CONFIG, RunConfig
 from ftkit.errors import ConfigError, RunError
-from ftkit.events import ConsoleProgress, Emitter, JsonlLog, RunMetrics
+from ftkit.events import ConsoleProgress, Emitter, JsonlLog, LossPlot, RunMetrics
 from ftkit.folders import partial_dir, replace_dir, trained_dir
 from ftkit.planning import Plan, plan
 from ftkit.templates import chat_template_to_save
@@ -97,6 +97,7 @@ def _train(cfg: RunConfig, callbacks, console: bool, should_stop) -> Run:
     subscribers = [run.record]
     if main:
         subscribers += [JsonlLog(out / "metrics.jsonl")] + ([ConsoleProgress()] if console else [])
+        subscribers += [LossPlot(out)] if cfg.plot_loss else []
     emit = Emitter(subscribers + list(callbacks))
     trainer = _trainer(model, tokenizer, p, emit, run, packed, should_stop)
     if main:

@@ -134,3 +134,46 @@ def mistral_v3() -> tuple[Path, dict]:
         shutil.rmtree(dest, ignore_errors=True)
         os.replace(partial, dest)
     return dest, reference
+
+
+LLAMA_FACTORY = "llamafactory==0.9.5"  # its sdist carries examples/, data/ and the hparams that define its keys
+
+
+def llama_factory() -> Path:
+    """LLaMA-Factory's source tree as far as the tests use it: examples/, data/ and src/llamafactory/hparams/
+    (downloaded and unpacked once, 5 MB)."""
+    dest = cache() / LLAMA_FACTORY.replace("==", "-")
+    if (dest / "complete").exists():
+        return dest
+    with tempfile.TemporaryDirectory() as tmp:
+        p = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+                            LLAMA_FACTORY, "-d", tmp], capture_output=True, text=True, timeout=900)
+        sdist = next(Path(tmp).glob("*.tar.gz"), None)
+        if p.returncode or sdist is None:
+            reason = (p.stderr.strip().splitlines() or ["no sdist"])[-1]
+            pytest.skip(f"LLaMA-Factory's files: pip could not download {LLAMA_FACTORY} ({reason})")
+        partial = dest.with_name(dest.name + f".partial-{os.getpid()}")
+        shutil.rmtree(partial, ignore_errors=True)
+        with tarfile.open(sdist) as tar:
+            for member in tar.getmembers():
+                inner = Path(*Path(member.name).parts[1:])
+                if member.isfile() and inner.parts and (inner.parts[0] in ("examples", "data") or
+                                                        str(inner).startswith("src/llamafactory/hparams/")):
+                    (partial / inner).parent.mkdir(parents=True, exist_ok=True)
+                    (partial / inner).write_bytes(tar.extractfile(member).read())
+        (partial / "complete").touch()
+        shutil.rmtree(dest, ignore_errors=True)
+        os.replace(partial, dest)
+    return dest
+
+
+def llama_factory_argument_names() -> dict[str, str]:
+    """Every argument name LLaMA-Factory's hparams dataclasses declare, with its class."""
+    names = {}
+    for f in sorted((llama_factory() / "src/llamafactory/hparams").glob("*.py")):
+        for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ClassDef):
+                for item in node.body:
+                    if isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name):
+                        names.setdefault(item.target.id, node.name)
+    return names

@@ -1,0 +1,93 @@
+"""LLaMA-Factory's own files, unchanged but for the model path, as a migrating user brings them: its example
+configs, its argument names and its demo datasets (fetched from its sdist on PyPI into the cache, tests/real.py).
+"""
+import pytest
+
+from ftkit.config import (KEY_ALIASES, LF_ELSEWHERE, LF_NOT_NEEDED, LF_REFUSED, RunConfig, read_yaml,
+                          training_argument_names)
+from ftkit.errors import ConfigError
+from real import llama_factory, llama_factory_argument_names
+
+# training examples that ftkit runs as they are (model path aside); every other training example is refused by
+# name: the method or setting it exists to show, which ftkit does not have
+RUN_UNCHANGED = {
+    "train_lora/qwen3_lora_sft.yaml", "train_lora/qwen3_lora_sft_ds3.yaml", "train_full/qwen3_full_sft.yaml",
+    "extras/pissa/llama3_lora_sft.yaml", "extras/fsdp_qlora/llama3_lora_sft.yaml",
+    "train_qlora/qwen3_lora_sft_otfq.yaml", "train_qlora/qwen3_lora_sft_bnb_npu.yaml",
+    # these load a model quantized beforehand (AWQ, GPTQ, AQLM): the config is ftkit's; such weights load only
+    # where transformers has the matching kernels
+    "train_qlora/llama3_lora_sft_awq.yaml", "train_qlora/llama3_lora_sft_gptq.yaml",
+    "train_qlora/llama3_lora_sft_aqlm.yaml",
+}
+
+
+def training_examples() -> dict[str, dict]:
+    root = llama_factory() / "examples"
+    files = {str(f.relative_to(root)): read_yaml(f) for f in sorted(root.rglob("*.yaml"))}
+    return {name: raw for name, raw in files.items() if "model_name_or_path" in raw and "stage" in raw}
+
+
+def test_every_llama_factory_argument_name_is_known():
+    """Each of LLaMA-Factory's 241 argument names is honoured, accepted as not needed, or refused by name; none is
+    an unknown key, and none is dropped without a word."""
+    names = llama_factory_argument_names()
+    assert len(names) >= 200
+    mapped = {"disable_gradient_checkpointing", "pissa_iter", "do_predict"}
+    known = {*RunConfig.fields(), *training_argument_names(), *KEY_ALIASES, *LF_NOT_NEEDED, *LF_REFUSED,
+             *LF_ELSEWHERE, *mapped}
+    assert set(names) - known == set()
+    for name in names:
+        try:
+            cfg = RunConfig.from_dict({"dataset": "demo", name: True})
+        except ConfigError as e:
+            assert not any("unknown key" in p for p in e.problems), (name, e.problems)
+            assert any(name in p or KEY_ALIASES.get(name, name) in p for p in e.problems), (name, e.problems)
+            continue
+        assert name in RunConfig.fields() or name in cfg.accepted or name in cfg.extra or name in KEY_ALIASES \
+            or name in mapped, name
+
+
+def test_example_configs_run_unchanged_or_are_refused_by_name(capsys):
+    examples, ran, refused = training_examples(), [], {}
+    for name, raw in examples.items():
+        try:
+            RunConfig.from_dict({**raw, "model_name_or_path": "tiny"})
+            ran.append(name)
+        except ConfigError as e:
+            refused[name] = e.problems
+    with capsys.disabled():
+        print(f"\nLLaMA-Factory's training examples: {len(ran)} of {len(examples)} read unchanged; refused: "
+              + "; ".join(f"{k} ({' | '.join(v)})" for k, v in refused.items()))
+    assert set(ran) == RUN_UNCHANGED
+    for name, problems in refused.items():
+        assert not any("unknown key" in p for p in problems), (name, problems)
+        if examples[name]["stage"] != "sft":  # pre-training, reward, DPO, KTO: the stage is named
+            assert any(p.startswith("stage:") for p in problems), (name, problems)
+
+
+@pytest.mark.slow
+def test_example_configs_plan_on_llama_factorys_datasets(workdir, monkeypatch):
+    """The unchanged examples plan (tokenize LLaMA-Factory's demo data through its dataset_info.json, size the
+    run) from LLaMA-Factory's folder, as its README runs them; the not-needed keys are listed once."""
+    import ftkit
+
+    root = llama_factory()
+    monkeypatch.chdir(root)
+    for name in sorted(RUN_UNCHANGED - {"train_full/qwen3_full_sft.yaml", "train_lora/qwen3_lora_sft_ds3.yaml"}):
+        raw = read_yaml(root / "examples" / name)
+        plan = ftkit.plan({**raw, "model_name_or_path": "tiny", "output_dir": str(workdir / name)})
+        summary = plan.summary()
+        assert summary["examples"] == 1090 and "do_train" in summary["accepted"], name  # identity + alpaca_en_demo
+    with pytest.raises(ConfigError, match="deepspeed: the deepspeed package is not installed"):  # ZeRO-3: GPUs
+        ftkit.plan({**read_yaml(root / "examples/train_full/qwen3_full_sft.yaml"), "model_name_or_path": "tiny",
+                    "output_dir": str(workdir / "full")})
+
+
+def test_plot_loss_writes_the_loss_curve(workdir):
+    import ftkit
+    from conftest import base_config
+
+    run = ftkit.train(base_config(workdir / "run", max_steps=3, plot_loss=True, val_size=0.2, eval_steps=3),
+                      console=False)
+    for png in ("training_loss.png", "training_eval_loss.png"):
+        assert (run.output_dir / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
