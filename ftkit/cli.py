@@ -17,7 +17,8 @@ def parse_with_yaml(p: argparse.ArgumentParser, argv: list[str]) -> argparse.Nam
     from ftkit.config import read_yaml
 
     flags = [f"--{key}={value}" for key, value in read_yaml(Path(argv[0])).items()]
-    args, unknown = p.parse_known_args(flags + argv[1:])
+    rest = [a if a.startswith("-") or "=" not in a else f"--{a}" for a in argv[1:]]  # key=value overrides too
+    args, unknown = p.parse_known_args(flags + rest)
     if unknown:
         keys = ", ".join(f.split("=", 1)[0].lstrip("-") for f in unknown if f.startswith("-"))
         raise ConfigError(f"{argv[0]}: unknown key(s) {keys}; `{' '.join(p.prog.split()[:2])} --help` lists the "
@@ -74,29 +75,74 @@ def cmd_train(argv: list[str]) -> int:
     return 0
 
 
+def _flag(value: str) -> bool:
+    """A YAML boolean given as a flag's value (a LLaMA-Factory file's `export_legacy_format: false`)."""
+    import yaml
+
+    parsed = yaml.safe_load(value)
+    if not isinstance(parsed, bool):
+        raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+    return parsed
+
+
 def cmd_merge(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="ftkit merge [MERGE.yaml]", description="Fold a LoRA adapter into its base model.")
-    p.add_argument("--adapter", required=True, help="adapter folder, or the run's output_dir")
-    p.add_argument("--out", help="merged model folder (default: <run>/merged)")
+    p = argparse.ArgumentParser(prog="ftkit merge [MERGE.yaml]", description="Fold a LoRA adapter into its base "
+                                "model; takes LLaMA-Factory's merge and export files (their key names) as well.")
+    p.add_argument("--adapter", "--adapter_name_or_path", dest="adapter",
+                   help="adapter folder, or the run's output_dir")
+    p.add_argument("--out", "--export_dir", dest="out", help="merged model folder (default: <run>/merged)")
+    p.add_argument("--model_name_or_path", dest="base", help="base model, if not the one the adapter records; "
+                   "without an adapter, a whole model (a full or freeze run) saved to --out as it is")
+    p.add_argument("--template", help="chat template the merged model carries (default: the run's)")
+    p.add_argument("--export_size", type=float, help="largest weight file, in GB (default: one file)")
+    p.add_argument("--export_device", choices=["cpu", "auto"], default="auto", help="merge on the CPU, or where "
+                   "ftkit trains (auto)")
+    p.add_argument("--export_legacy_format", type=_flag, default=False, help="false: safetensors (the only format "
+                   "written)")
+    p.add_argument("--export_hub_model_id", help="not uploaded by ftkit: upload the folder with huggingface-cli")
+    p.add_argument("--trust_remote_code", type=_flag, default=False)
     a = parse_with_yaml(p, argv)
+    problems = [m for m in (
+        not (a.adapter or a.base) and "adapter_name_or_path (--adapter): missing; name the adapter or run folder",
+        a.adapter and "," in a.adapter and f"adapter_name_or_path: {a.adapter} names several adapters; merge one at "
+        "a time (merge the first, then the next into that merged folder)",
+        a.export_legacy_format and "export_legacy_format: true asks for .bin weights; ftkit writes safetensors only",
+        a.export_hub_model_id and f"export_hub_model_id: ftkit does not upload; after the merge run "
+        f"`huggingface-cli upload {a.export_hub_model_id} {a.out or '<out>'}`",
+        not a.adapter and a.base and not a.out and "export_dir (--out): missing; where should the model be saved?")
+        if m]
+    if problems:
+        raise ConfigError(problems, title="cannot merge")
     import ftkit
 
-    ftkit.merge(a.adapter, out=a.out)
+    if a.export_device == "cpu":
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""  # before torch loads: merge on the CPU
+    ftkit.merge(a.adapter, out=a.out, base=a.base, template=a.template, shard_size_gb=a.export_size)
     return 0
 
 
 def cmd_chat(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="ftkit chat [INFERENCE.yaml]", description="Talk to a model: one answer, or a REPL.")
-    p.add_argument("--model", help="model folder, run folder (any kind of run), hub name, or tiny")
+    p.add_argument("--model", "--model_name_or_path", dest="model",
+                   help="model folder, run folder (any kind of run), hub name, or tiny")
     p.add_argument("--onnx", help="an `ftkit export-onnx` folder, run with onnxruntime")
-    p.add_argument("--adapter", help="LoRA adapter folder (or run folder) to apply")
+    p.add_argument("--adapter", "--adapter_name_or_path", dest="adapter",
+                   help="LoRA adapter folder (or run folder) to apply")
     p.add_argument("--prompt", help="answer this once and exit (default: interactive)")
     p.add_argument("--template", help="chat template (default: the run's, else the tokenizer's)")
-    p.add_argument("--system", help="system message")
+    p.add_argument("--system", "--default_system", dest="system", help="system message")
     p.add_argument("--max_new_tokens", type=int, default=256)
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     p.add_argument("--top_p", type=float, default=None)
+    p.add_argument("--top_k", type=int, default=None)
+    p.add_argument("--do_sample", type=_flag, default=None, help="false: greedy, whatever the temperature")
+    p.add_argument("--infer_backend", default="huggingface", help="huggingface (vllm, sglang, ktransformers: not "
+                   "supported)")
+    p.add_argument("--trust_remote_code", type=_flag, default=False)
     a = parse_with_yaml(p, argv)
+    if a.infer_backend not in ("huggingface", "hf"):
+        raise ConfigError(f"infer_backend: {a.infer_backend} is not supported; ftkit chats through transformers "
+                          "(infer_backend: huggingface)")
     if not (a.model or a.onnx):
         p.error("give --model DIR or --onnx DIR")
     a.model = a.onnx or a.model
@@ -106,9 +152,11 @@ def cmd_chat(argv: list[str]) -> int:
     model, _ = where(a.model, a.adapter)  # a run folder, a model folder, an adapter folder
     resolve(model, key="--onnx" if a.onnx else "--model")
 
-    sampling = {"temperature": a.temperature} if a.temperature > 0 else {}
-    if a.top_p is not None:
+    sampling = {"temperature": a.temperature} if a.temperature > 0 and a.do_sample is not False else {}
+    if a.top_p is not None and sampling:
         sampling["top_p"] = a.top_p
+    if a.top_k is not None and sampling:
+        sampling["top_k"] = a.top_k
     ask = lambda msgs: generate(a.model, msgs, adapter=a.adapter, template=a.template,  # noqa: E731
                                 max_new_tokens=a.max_new_tokens, system=a.system, **sampling)
     if a.prompt is not None:
@@ -194,7 +242,7 @@ def cmd_export_onnx(argv: list[str]) -> int:
 # may set the process up for the one run (files.start_own_process)
 OWN_PROCESS = False
 
-COMMANDS = {"train": cmd_train, "merge": cmd_merge, "chat": cmd_chat, "convert": cmd_convert,
+COMMANDS = {"train": cmd_train, "merge": cmd_merge, "export": cmd_merge, "chat": cmd_chat, "convert": cmd_convert,
             "export-onnx": cmd_export_onnx, "models": cmd_models, "demo": cmd_demo}
 
 
@@ -207,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"ftkit: unknown command {argv[0]!r}", file=sys.stderr)
         print("usage: ftkit {" + ",".join(COMMANDS) + "} ... [--debug]\n"
               "  train    fine-tune from a YAML config and/or --key value flags\n"
-              "  merge    fold a LoRA adapter into its base model\n"
+              "  merge    fold a LoRA adapter into its base model (export: the same, LLaMA-Factory's name)\n"
               "  chat     answer a prompt, or chat, with a model (+ adapter)\n"
               "  convert  rewrite alpaca/sharegpt/openai/moss/chatglm3/qwen data as conversations\n"
               "  export-onnx  export a merged model for onnxruntime (ftkit chat --onnx DIR)\n"

@@ -20,26 +20,35 @@ PROBE = [[{"role": "user", "content": "What is LoRA?"}],
 
 
 @quiet()
-def merge(adapter_dir: str | Path, out: str | Path | None = None, tolerance: float | None = None,
-          console: bool = True) -> Path:
-    """Merge, check on a probe batch, save safetensors + tokenizer (with the run's chat template)."""
+def merge(adapter_dir: str | Path | None, out: str | Path | None = None, tolerance: float | None = None,
+          console: bool = True, base: str | None = None, template: str | None = None,
+          shard_size_gb: float | None = None) -> Path:
+    """Merge, check on a probe batch, save safetensors + tokenizer (with the run's chat template).
+
+    `base` overrides the base model the adapter records (a LLaMA-Factory adapter records only its hub name),
+    `template` the run's template; `shard_size_gb` splits the weights into files of at most that size. With no
+    adapter, `base` (a whole model, a full or freeze run) is saved to `out` as it is: LLaMA-Factory's export."""
     from ftkit import model as M, templates
 
     import torch
     from peft import PeftModel
 
+    if adapter_dir is None:
+        if not (base and out):
+            raise ModelError("merge: name an adapter, or a whole model (model_name_or_path) and export_dir")
+        return _export(base, Path(out), template, shard_size_gb, console)
     adapter = adapter_folder(adapter_dir)
     cfg = run_config_of(adapter)
-    base_name, _ = model_and_adapter(adapter)  # the run's base, else the one adapter_config.json names
-    base_path = M.resolve(base_name)
+    base_name = base or model_and_adapter(adapter)[0]  # the run's base, else the one adapter_config.json names
+    base_path = M.resolve(base_name, key="model_name_or_path" if base else "base model")
     out = Path(out) if out else adapter.parent / "merged"
     use_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported() and cfg is not None and cfg.bf16
     dtype = torch.bfloat16 if use_bf16 else torch.float32
     tolerance = tolerance if tolerance is not None else (2e-2 if use_bf16 else 1e-4)
 
     tokenizer = M.load_tokenizer(str(adapter))  # the adapter folder carries the run's tokenizer + template
-    template = templates.get_template(cfg.template if cfg else "auto", tokenizer, M.model_type(base_path),
-                                      cfg.enable_thinking if cfg else None)
+    template = templates.get_template(template or (cfg.template if cfg else "auto"), tokenizer,
+                                      M.model_type(base_path), cfg.enable_thinking if cfg else None)
     from transformers import AutoModelForCausalLM
 
     base = AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype,
@@ -61,7 +70,7 @@ def merge(adapter_dir: str | Path, out: str | Path | None = None, tolerance: flo
                          f"(allowed {tolerance * max(1.0, scale):.3g}); nothing was written")
 
     tmp = partial_dir(out)
-    merged.save_pretrained(tmp, safe_serialization=True)
+    merged.save_pretrained(tmp, **_shards(shard_size_gb))
     # the base model's own template is kept unless the run trained on one that renders differently
     tokenizer.chat_template, template_note = chat_template_to_save(
         template, M.load_tokenizer(base_path, cfg.tokenizer_name_or_path if cfg else None))
@@ -74,6 +83,36 @@ def merge(adapter_dir: str | Path, out: str | Path | None = None, tolerance: flo
         print(f"merged {adapter} into {base_name} -> {out}\n"
               f"  check: max |logit difference| on a probe batch = {diff:.2e} (allowed {tolerance:.0e} x scale)"
               + (f"\n  {template_note}" if template_note else ""))
+    return out
+
+
+def _shards(size_gb: float | None) -> dict:
+    return {"max_shard_size": f"{int(size_gb * 1000)}MB"} if size_gb else {}
+
+
+def _export(model_name: str, out: Path, template: str | None, shard_size_gb: float | None, console: bool) -> Path:
+    """A whole model (a full or freeze run's, or any) saved as safetensors shards with its tokenizer, the chat
+    template it was trained with and its end-of-turn stops."""
+    from transformers import AutoModelForCausalLM
+
+    from ftkit import model as M, templates
+
+    path = M.resolve(model_name)  # a model folder, a full or freeze run's model/, a merged LoRA run
+    cfg = run_config_of(Path(path))
+    tokenizer = M.load_tokenizer(path)
+    tmpl = templates.get_template(template or (cfg.template if cfg else "auto"), tokenizer, M.model_type(path),
+                                  cfg.enable_thinking if cfg else None)
+    model = AutoModelForCausalLM.from_pretrained(path, **M.safe_weights(path, bool(cfg and cfg.allow_pickle)))
+    tmp = partial_dir(out)
+    model.save_pretrained(tmp, **_shards(shard_size_gb))
+    tokenizer.chat_template, note = chat_template_to_save(tmpl, tokenizer)
+    tokenizer.save_pretrained(tmp)
+    _set_stop_tokens(tmp, tokenizer, tmpl)
+    if cfg:
+        cfg.save(tmp / ADAPTER_CONFIG)
+    replace_dir(tmp, out)
+    if console:
+        print(f"exported {path} -> {out}" + (f"\n  {note}" if note else ""))
     return out
 
 

@@ -91,3 +91,39 @@ def test_plot_loss_writes_the_loss_curve(workdir):
                       console=False)
     for png in ("training_loss.png", "training_eval_loss.png"):
         assert (run.output_dir / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
+
+
+@pytest.mark.slow
+def test_train_merge_export_and_chat_with_llama_factorys_files(workdir, monkeypatch, capsys):
+    """LLaMA-Factory's LoRA example trains (a few steps, on the CPU), then its merge_lora and inference files run
+    through `ftkit merge` and `ftkit chat` with only the paths changed on the command line; its full-model export
+    file saves a whole model as it is, in shards of export_size."""
+    import json
+
+    from ftkit.cli import main
+
+    root = llama_factory()
+    monkeypatch.chdir(root)  # its examples name data/ relative to its own folder
+    run, merged, exported = workdir / "sft", workdir / "merged", workdir / "exported"
+    assert main(["train", "examples/train_lora/qwen3_lora_sft.yaml", "model_name_or_path=tiny",
+                 f"output_dir={run}", "max_steps=3", "bf16=false", "max_samples=64"]) == 0
+    out = capsys.readouterr().out
+    assert "accepted, not needed here: do_train, preprocessing_num_workers" in out
+    assert (run / "training_loss.png").exists()  # plot_loss: true
+
+    assert main(["merge", "examples/merge_lora/qwen3_lora_sft.yaml", "model_name_or_path=tiny",
+                 f"adapter_name_or_path={run}", f"export_dir={merged}"]) == 0
+    assert (merged / "model.safetensors").exists() and "merged" in capsys.readouterr().out
+    assert main(["chat", "examples/inference/qwen3_lora_sft.yaml", "model_name_or_path=tiny",
+                 f"adapter_name_or_path={run}", "--prompt", "Hi", "max_new_tokens=8"]) == 0
+    assert capsys.readouterr().out.strip()
+
+    assert main(["export", "examples/merge_lora/qwen3_full_sft.yaml", f"model_name_or_path={merged}",
+                 f"export_dir={exported}", "export_size=0.005"]) == 0  # 5 MB shards of the 14 MB model
+    index = json.loads((exported / "model.safetensors.index.json").read_text())
+    assert len(set(index["weight_map"].values())) >= 3
+    assert main(["chat", "examples/inference/qwen3.yaml", f"model_name_or_path={exported}", "--prompt", "Hi",
+                 "max_new_tokens=8"]) == 0
+    assert main(["merge", "examples/merge_lora/qwen3_lora_sft.yaml", "model_name_or_path=tiny",
+                 f"adapter_name_or_path={run},{run}", f"export_dir={merged}"]) == 2
+    assert "names several adapters; merge one at a time" in capsys.readouterr().err
