@@ -50,7 +50,7 @@ def cmd_train(argv: list[str]) -> int:
     source, rest = ({}, argv)
     if argv and not argv[0].startswith("--") and "=" not in argv[0]:
         source, rest = Path(argv[0]), argv[1:]
-    cfg = RunConfig.from_any(source, parse_overrides(rest))
+    cfg = RunConfig.from_any(source, parse_overrides(_group_replace(rest)))
     import ftkit
 
     if dry_run:
@@ -73,6 +73,19 @@ def cmd_train(argv: list[str]) -> int:
         print(f"stopped early; what was trained is saved in {run.adapter_dir}", file=sys.stderr)
         return 130
     return 0
+
+
+def _group_replace(argv: list[str]) -> list[str]:
+    """`--replace name=Tiny author=ftkit`: the key=value words after --replace that are not config keys are its."""
+    from ftkit.config import RunConfig, training_argument_names
+
+    if "--replace" not in argv:
+        return argv
+    i = argv.index("--replace")
+    keys, j = {*RunConfig.fields(), *training_argument_names()}, i + 1
+    while j < len(argv) and "=" in argv[j] and not argv[j].startswith("-") and argv[j].split("=")[0] not in keys:
+        j += 1
+    return argv[:i] + [f"replace={','.join(argv[i + 1:j])}"] + argv[j:]
 
 
 def _flag(value: str) -> bool:

@@ -58,6 +58,8 @@ class RunConfig:
     packing: bool | None = _f(None, "Padding-free batches: a batch's examples end to end in one row, attention kept "
                                     "within each (same loss, no padding). Default: on where the model supports it.")
     train_on_prompt: bool = _f(False, "Also train on system and user tokens (default: assistant turns only).")
+    replace: dict = _f({}, "Fill {{key}} placeholders in the data, e.g. {name: Tiny, author: ftkit} for "
+                           "LLaMA-Factory's identity.json (`--replace name=Tiny author=ftkit`).")
     # method
     stage: str = _f("sft", "Training stage. Only `sft` (supervised fine-tuning) is supported.")
     finetuning_type: str = _f("lora", "lora | full | freeze.")
@@ -507,6 +509,12 @@ def _coerce(value, hint):
         raise TypeError
     for t in args:
         origin = typing.get_origin(t)
+        if t is dict:  # a mapping, or "key=value,key=value" from a command line
+            if isinstance(value, dict):
+                return {str(k): v for k, v in value.items()}
+            if isinstance(value, str) and all("=" in part for part in value.split(",")):
+                return dict(part.split("=", 1) for part in value.split(","))
+            continue
         if origin is list:
             if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
                 return list(value)

@@ -227,7 +227,8 @@ def detect_format(rec) -> str | None:
 def check_messages(msgs: list[dict]) -> str | None:
     """None if the conversation can be trained on, else the reason. After an optional system message, turns go
     user, assistant, user, ...; an assistant turn that calls tools is followed by their results (role tool) and
-    then the assistant again."""
+    then the assistant again (results may also follow an answer that wrote its call as text, as LLaMA-Factory
+    allows)."""
     if not msgs:
         return "no messages"
     for j, m in enumerate(msgs):
@@ -250,7 +251,7 @@ def check_messages(msgs: list[dict]) -> str | None:
         if not m["content"].strip() and not calls:
             return f"message {j} ({m['role']}): empty content"
         expected = {"user": ("assistant",), "tool": ("tool", "assistant")}.get(m["role"]) or \
-            (("tool",) if calls else ("user",))
+            (("tool",) if calls else ("user", "tool"))  # a result may follow a call written as text (LLaMA-Factory)
     if not any(m["role"] == "assistant" for m in msgs):
         return "no assistant turn: nothing to learn from"
     last = msgs[-1]
@@ -307,13 +308,20 @@ def read_records(path: Path) -> list:
     raise DataError(f"{path}: unsupported file type {suffix or '(none)'}; use .json, .jsonl, .csv or .parquet")
 
 
-def load_conversations(path: Path, formatting: str = "auto", columns: dict | None = None) -> list[list[dict]]:
-    """Every record of a file as messages; refuses the file if any record is bad."""
-    records = read_records(path)
+def load_conversations(path: Path, formatting: str = "auto", columns: dict | None = None, tags: dict | None = None,
+                       records: list | None = None) -> list[list[dict]]:
+    """Every record of a file (or the `records` given, read from `path`) as messages; refuses the file if any
+    record is bad. `columns` and `tags` are a dataset_info.json entry's."""
+    records = read_records(path) if records is None else records
     if not records:
         raise DataError(f"{path}: no records")
     if columns:
         records = [_rename_columns(r, columns) for r in records]
+    if tags:
+        records = [_apply_tags(r, tags) for r in records]
+    kind = unsupported_kind(records[0])
+    if kind:
+        raise DataError(f"{path}: {kind}")
     if formatting == "auto":
         formatting = detect_format(records[0])
         if formatting is None:
@@ -326,6 +334,9 @@ def load_conversations(path: Path, formatting: str = "auto", columns: dict | Non
         try:
             if not isinstance(rec, dict):
                 raise ValueError(f"expected an object, got {type(rec).__name__}")
+            kind = unsupported_kind(rec)
+            if kind:
+                raise ValueError(kind)
             if not fmt.detect(rec):
                 other = detect_format(rec)
                 raise ValueError(f"looks like {other} but this file is {formatting} (mixed formats in one file)"
@@ -355,6 +366,42 @@ def _rename_columns(rec, columns: dict):
     return renamed | {k: v for k, v in rec.items() if k not in columns.values()}
 
 
+# LLaMA-Factory's sharegpt tags: which keys of a message hold its role and content, and what each role is called
+_TAG_DEFAULTS = {"role_tag": "from", "content_tag": "value", "user_tag": "human", "assistant_tag": "gpt",
+                 "observation_tag": "observation", "function_tag": "function_call", "system_tag": "system"}
+_TAG_ROLES = {"user_tag": "human", "assistant_tag": "gpt", "observation_tag": "observation",
+              "function_tag": "function_call", "system_tag": "system"}
+
+
+def _apply_tags(rec, tags: dict):
+    """A record whose messages use a dataset_info.json entry's tags, as sharegpt from/value turns."""
+    conv = rec.get("conversations") if isinstance(rec, dict) else None
+    if not isinstance(conv, list):
+        return rec
+    t = {**_TAG_DEFAULTS, **tags}
+    roles = {t[k]: ours for k, ours in _TAG_ROLES.items()}
+    turns = [{"from": roles.get(m.get(t["role_tag"]), m.get(t["role_tag"])), "value": m.get(t["content_tag"])}
+             if isinstance(m, dict) else m for m in conv]
+    return {**rec, "conversations": turns}
+
+
+def unsupported_kind(rec) -> str | None:
+    """What a record is, when it is data for a kind of training ftkit does not do (yet): media, preference
+    pairs, KTO examples. Recognised, so they are refused by name instead of misread."""
+    if not isinstance(rec, dict):
+        return None
+    media = [k for k in ("images", "videos", "audios") if rec.get(k)]
+    if media:
+        return (f"the records hold {' and '.join(media)}: vision and audio fine-tuning is not supported yet; "
+                "use text-only data")
+    if "chosen" in rec and "rejected" in rec:
+        return ("preference pairs (chosen / rejected): preference training (DPO, reward models) is not supported "
+                "yet; stage sft trains on conversations")
+    if isinstance(rec.get("kto_tag", rec.get("label")), bool) and ("messages" in rec or "conversations" in rec):
+        return "KTO examples (a good/bad label per answer): KTO is not supported yet; stage sft trains on conversations"
+    return None
+
+
 def _keys(rec) -> str:
     return ", ".join(sorted(rec)) if isinstance(rec, dict) else type(rec).__name__
 
@@ -374,6 +421,10 @@ class Source:
     path: Path
     formatting: str = "auto"
     columns: dict | None = None
+    tags: dict | None = None
+    num_samples: int | None = None  # draw this many examples (with repeats when more than the file has)
+    hub: dict | None = None         # {url, subset, split, folder}: a dataset on the Hugging Face Hub
+    placeholders: list = field(default_factory=list)  # {{names}} left unfilled in its texts, once tokenized
 
 
 def resolve_dataset(name: str, dataset_dir: str | Path = "data") -> Source:
@@ -394,12 +445,53 @@ def resolve_dataset(name: str, dataset_dir: str | Path = "data") -> Source:
                 known.setdefault(key, (d, entry))
     if name in known:
         d, entry = known[name]
-        if "file_name" not in entry:
-            raise DataError(f"{d / 'dataset_info.json'}: entry {name!r} has no file_name")
-        return Source(name, d / entry["file_name"], entry.get("formatting", "auto"), entry.get("columns"))
+        return _entry_source(name, d, entry)
     listed = ", ".join(sorted(known)) or "(no dataset_info.json found)"
     raise DataError(f"dataset: {name!r} is neither a file nor a name in dataset_info.json "
                     f"(looked in {dataset_dir}/ and the bundled data); known names: {listed}")
+
+
+def _entry_source(name: str, folder: Path, entry: dict) -> Source:
+    """A dataset_info.json entry as a Source, with LLaMA-Factory's semantics; data ftkit cannot train on yet is
+    refused by name here, before anything loads."""
+    where = f"{folder / 'dataset_info.json'}: {name}"
+    columns = entry.get("columns") or {}
+    media = [k for k in ("images", "videos", "audios") if k in columns]
+    if media:
+        raise DataError(f"{where}: this dataset has {' and '.join(media)}; vision and audio fine-tuning is not "
+                        "supported yet")
+    if entry.get("ranking") or {"chosen", "rejected"} & set(columns):
+        raise DataError(f"{where}: preference data (ranking, chosen/rejected) is for preference training (stage "
+                        "dpo/rm), not supported yet")
+    if "kto_tag" in columns:
+        raise DataError(f"{where}: KTO data (kto_tag) is for KTO training, not supported yet")
+    fields = dict(formatting=entry.get("formatting", "auto"), columns=columns or None, tags=entry.get("tags"),
+                  num_samples=entry.get("num_samples"))
+    url = entry.get("hf_hub_url") or entry.get("ms_hub_url")
+    if "file_name" in entry:
+        return Source(name, folder / entry["file_name"], **fields)
+    if url and entry.get("load_from", "hf_hub") in ("hf_hub", "ms_hub"):
+        hub = {"url": url, "subset": entry.get("subset"), "split": entry.get("split", "train"),
+               "folder": entry.get("folder")}
+        return Source(name, Path(url), **fields, hub=hub)
+    raise DataError(f"{folder / 'dataset_info.json'}: entry {name!r} has no file_name (nor hf_hub_url)")
+
+
+def hub_records(src: Source) -> list[dict]:
+    """A Hub dataset's records, loaded by the `datasets` library (it caches them; offline it needs that cache)."""
+    try:
+        import datasets
+    except ImportError:
+        raise DataError(f"dataset {src.name}: it is on the Hugging Face Hub ({src.hub['url']}); loading it needs the "
+                        "datasets package: pip install datasets") from None
+    try:
+        data = datasets.load_dataset(src.hub["url"], name=src.hub["subset"], data_dir=src.hub["folder"],
+                                     split=src.hub["split"])
+    except Exception as e:  # noqa: BLE001 - network, missing dataset, bad split: one line says which
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise DataError(f"dataset {src.name}: cannot load {src.hub['url']} from the Hub ({first}); download it "
+                        "where there is a network and name the file in dataset_info.json (file_name)") from None
+    return data.to_list()
 
 
 def convert(input: str | Path, output: str | Path, source_format: str = "auto") -> int:
@@ -457,8 +549,26 @@ def encode_rows(conversations, tokenizer, template, cutoff_len: int, train_on_pr
             eot = any(stop in r.text[a:b] for stop in template.stop for a, b in r.spans)
         if not any(trained):
             ids, labels, cut = [], [], DROPPED
-        rows.append({"input_ids": ids, "labels": labels, "cut": cut, "eot": eot, "lost": reasoning_lost(c, r.text)})
+        rows.append({"input_ids": ids, "labels": labels, "cut": cut, "eot": eot, "lost": reasoning_lost(c, r.text),
+                     "holes": ",".join(sorted(set(PLACEHOLDER.findall(r.text))))})
     return rows
+
+
+PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}")  # {{name}}: LLaMA-Factory's identity.json leaves these to fill
+
+
+def fill_placeholders(conversations: list[list[dict]], values: dict | None) -> list[list[dict]]:
+    """`{{key}}` in message texts replaced by values[key] (the run's `replace`); other text unchanged."""
+    if not values:
+        return conversations
+    def fill(text):
+        return PLACEHOLDER.sub(lambda m: str(values.get(m.group(1), m.group(0))), text) if isinstance(text, str) \
+            else text
+    out = []
+    for c in conversations:
+        filled = [{**m, "content": fill(m["content"])} for m in c]
+        out.append(Conversation(filled, c.tools) if isinstance(c, Conversation) else filled)
+    return out
 
 
 def reasoning_lost(messages: list[dict], text: str) -> bool:
@@ -597,17 +707,20 @@ def _fingerprint(path: Path, tokenizer, template, cutoff_len: int, train_on_prom
     return h.hexdigest()[:32]
 
 
-def encoded_source(src: Source, fmt: str, tokenizer, template, cutoff_len: int, train_on_prompt: bool) -> list[dict]:
+def encoded_source(src: Source, fmt: str, tokenizer, template, cutoff_len: int, train_on_prompt: bool,
+                   replace: dict | None = None) -> list[dict]:
     """The rows of one dataset file, from the cache when this exact tokenization was done before."""
     root = cache_dir()
-    key = root and _fingerprint(src.path, tokenizer, template, cutoff_len, train_on_prompt, fmt, src.columns)
+    key = root and not src.hub and _fingerprint(src.path, tokenizer, template, cutoff_len, train_on_prompt, fmt,
+                                                 (src.columns, src.tags, sorted((replace or {}).items())))
     if key and (root / f"{key}.arrow").exists():
         try:
             return _read_rows(root / f"{key}.arrow")
         except Exception:  # noqa: BLE001 - an unreadable cache entry is only a miss
             pass
-    rows = encode_rows(load_conversations(src.path, fmt, src.columns), tokenizer, template, cutoff_len,
-                       train_on_prompt)
+    records = hub_records(src) if src.hub else None
+    conversations = fill_placeholders(load_conversations(src.path, fmt, src.columns, src.tags, records), replace)
+    rows = encode_rows(conversations, tokenizer, template, cutoff_len, train_on_prompt)
     if key:
         try:
             _write_rows(rows, root / f"{key}.arrow")
@@ -622,7 +735,7 @@ def _write_rows(rows: list[dict], path: Path) -> None:
     import pyarrow as pa
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    table = pa.table({k: [r[k] for r in rows] for k in ("input_ids", "labels", "cut", "eot", "lost")})
+    table = pa.table({k: [r[k] for r in rows] for k in ("input_ids", "labels", "cut", "eot", "lost", "holes")})
     tmp = path.with_name(f".{path.name}.{os.getpid()}")
     with pa.OSFile(str(tmp), "wb") as f, pa.ipc.new_file(f, table.schema) as w:
         w.write_table(table)
@@ -651,7 +764,14 @@ def dataset_rows(cfg, tokenizer, template, cutoff_len: int) -> tuple[list[dict],
     rows = []
     for src in sources:
         fmt = cfg.formatting if cfg.formatting != "auto" else src.formatting
-        part = encoded_source(src, fmt, tokenizer, template, cutoff_len, cfg.train_on_prompt)
+        part = encoded_source(src, fmt, tokenizer, template, cutoff_len, cfg.train_on_prompt, cfg.replace)
+        holes = sorted({h for r in part if r.get("holes") for h in r["holes"].split(",")})
+        if holes:
+            src.placeholders = holes
+        if src.num_samples:  # dataset_info.json's num_samples: a seeded draw, repeating when more than there are
+            pick = random.Random(cfg.seed)
+            n = src.num_samples
+            part = pick.sample(part, n) if n <= len(part) else part * (n // len(part)) + pick.sample(part, n % len(part))
         rows += part[: cfg.max_samples] if cfg.max_samples else part
     return rows, sources
 

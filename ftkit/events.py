@@ -8,7 +8,7 @@ current step (a Stop button does this); what was trained is saved.
 
     begin  {examples, eval_examples, tokens, length_median, length_max, trained_tokens, eot_trained, truncated, trainable_params,
             total_params, max_steps, batch_tokens, device, model, finetuning, output_dir, memory, memory_mb,
-            memory_available_mb, note, config}
+            memory_available_mb, accepted, placeholders, note, config}
     step   {step, max_steps, epoch, loss, lr, grad_norm, tokens_per_s, memory_mb, memory_total_mb,
             memory_allocated_mb (CUDA only), elapsed_s, eta_s}
     eval   {step, eval_loss}
@@ -162,6 +162,8 @@ def preflight_text(e: Event) -> str:
     ]
     if e.get("truncated"):
         lines.insert(2, f"  cutoff   {e['truncated']}")
+    if e.get("placeholders"):
+        lines.insert(2, f"  fill     {e['placeholders']}")
     if e.get("accepted"):
         lines.append(f"  config   accepted, not needed here: {e['accepted']}")
     if e.get("note"):  # absent from a dry run

@@ -49,7 +49,7 @@ class Plan:
             batch_tokens=_batch_text(cfg, packed), packed=packed, device=device(), model=cfg.model_name_or_path,
             finetuning=_method_text(cfg), output_dir=str(cfg.run_dir), memory=self.memory.text() + self.memory_note,
             memory_mb=self.memory.total / 2**20, memory_available_mb=self.memory_available / 2**20,
-            accepted=", ".join(cfg.accepted) or None,
+            accepted=", ".join(cfg.accepted) or None, placeholders=_placeholder_text(self.data.sources),
             config=cfg.to_dict())
 
 
@@ -186,6 +186,17 @@ def training_arguments(cfg: RunConfig, max_steps: int, evaluate: bool):
         return TrainingArguments(**{**kwargs, **cfg.extra})
     except (ValueError, TypeError) as e:
         raise ConfigError(f"TrainingArguments refused the config: {str(e).splitlines()[0]}") from None
+
+
+def _placeholder_text(sources) -> str | None:
+    """Data with {{names}} left to fill (LLaMA-Factory's identity.json): say which, where, and how to fill them."""
+    holes = {s.path.name: s.placeholders for s in sources if s.placeholders}
+    if not holes:
+        return None
+    names = sorted({n for ns in holes.values() for n in ns})
+    return ("; ".join(f"{file} holds unfilled {', '.join('{{' + n + '}}' for n in ns)}" for file, ns in holes.items())
+            + f": fill them with replace: {{{', '.join(f'{n}: ...' for n in names)}}} (ftkit train ... --replace "
+            + " ".join(f"{n}=..." for n in names) + "), or they are trained as written")
 
 
 def _truncation_text(cfg: RunConfig, stats) -> str | None:

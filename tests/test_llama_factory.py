@@ -127,3 +127,58 @@ def test_train_merge_export_and_chat_with_llama_factorys_files(workdir, monkeypa
     assert main(["merge", "examples/merge_lora/qwen3_lora_sft.yaml", "model_name_or_path=tiny",
                  f"adapter_name_or_path={run},{run}", f"export_dir={merged}"]) == 2
     assert "names several adapters; merge one at a time" in capsys.readouterr().err
+
+
+def test_llama_factorys_demo_datasets_load_by_name_or_are_refused_by_name(workdir):
+    """Its text datasets load through its dataset_info.json; media, preference and KTO sets are refused by name
+    (by name from dataset_info.json, and by path from the records), not misread as conversations."""
+    from ftkit.data import load_conversations, resolve_dataset
+    from ftkit.errors import DataError
+
+    data = llama_factory() / "data"
+    for name, n in [("alpaca_en_demo", 999), ("alpaca_zh_demo", 1000), ("identity", 91),
+                    ("glaive_toolcall_en_demo", 300), ("glaive_toolcall_zh_demo", 300)]:
+        src = resolve_dataset(name, data)
+        convs = load_conversations(src.path, src.formatting, src.columns, src.tags)
+        assert len(convs) == n, name
+    (call,) = [m for m in convs[0] if m.get("tool_calls")][:1]
+    assert convs[0].tools and call["tool_calls"][0]["function"]["name"]
+    for name, why in [("mllm_demo", "has images; vision and audio fine-tuning is not supported"),
+                      ("dpo_en_demo", "preference data"), ("kto_en_demo", r"KTO data \(kto_tag\)")]:
+        with pytest.raises(DataError, match=why):
+            resolve_dataset(name, data)
+    for file, why in [("mllm_demo.json", "hold images"), ("dpo_en_demo.json", "preference pairs"),
+                      ("kto_en_demo.json", "KTO examples")]:
+        with pytest.raises(DataError, match=f"{file}: .*{why}"):
+            load_conversations(data / file)
+
+
+def test_dataset_info_tags_and_num_samples(workdir):
+    import json
+
+    import ftkit
+    from conftest import base_config
+
+    records = [{"dialog": [{"speaker": "me", "text": f"Q{i}?"}, {"speaker": "bot", "text": f"A{i}."}]}
+               for i in range(5)]
+    (workdir / "d.json").write_text(json.dumps(records))
+    (workdir / "dataset_info.json").write_text(json.dumps({"mine": {
+        "file_name": "d.json", "formatting": "sharegpt", "columns": {"messages": "dialog"}, "num_samples": 12,
+        "tags": {"role_tag": "speaker", "content_tag": "text", "user_tag": "me", "assistant_tag": "bot"}}}))
+    plan = ftkit.plan(base_config(workdir / "run", dataset="mine", dataset_dir=str(workdir)))
+    assert plan.data.stats.examples == 12  # 5 conversations drawn 12 times: each twice, 2 of them thrice
+
+
+def test_placeholders_are_reported_and_filled(workdir):
+    import ftkit
+    from conftest import base_config
+
+    root = llama_factory()
+    cfg = base_config(workdir / "run", dataset="identity", dataset_dir=str(root / "data"))
+    summary = ftkit.plan(cfg).summary()
+    assert "identity.json holds unfilled {{author}}, {{name}}" in summary["placeholders"]
+    assert "--replace author=... name=..." in summary["placeholders"]
+    filled = ftkit.plan({**cfg, "replace": {"name": "Tiny", "author": "ftkit"}})
+    assert filled.summary()["placeholders"] is None
+    text = filled.tokenizer.decode(filled.data.train[0]["input_ids"])
+    assert "{{" not in text and ("Tiny" in text or "ftkit" in text)
