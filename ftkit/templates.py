@@ -46,6 +46,7 @@ class Template:
     prompt_think: str = ""      # ends the generation prompt (R1: "<think>\n"); an answer starting with it trains after it
     system_last: bool = False   # a family without a system role takes it in the last user turn (Mistral v0.3)
     always_system: bool = False  # the system turn is written even when empty (Llama 3.1's dated header)
+    tool_format: str = ""       # "qwen": tools, calls and results as Qwen2.5/Qwen3's templates write them
 
     def bind(self, tokenizer) -> "Template":
         """Fill `{eos}` with the tokenizer's eos token."""
@@ -58,18 +59,27 @@ class Template:
     def render(self, messages: list[dict], add_generation_prompt: bool = False, tools: list | None = None) -> Rendered:
         used = "tools" if tools else next((f"message {k}" for k, m in enumerate(messages)
                                            if m["role"] == "tool" or m.get("tool_calls")), None)
-        if used:
+        if used and not self.tool_format:
             raise DataError(f"template: {self.name} renders no tools, tool calls or tool results ({used}); use "
                             "template: auto with a model whose own chat template takes tools (Qwen2.5, Qwen3, "
-                            "Llama 3.1, Mistral)")
+                            "Llama 3.1, Mistral), or a ChatML built-in (qwen, qwen3, chatml), which writes Qwen's "
+                            "tool format")
         system, turns = _split_system(messages, self.default_system)
         text, spans = self.prefix, []
-        if (system or self.always_system) and self.system:
+        if tools:
+            text += self.system.replace("{content}", (system + "\n\n" if system else "") + _qwen_tools(tools))
+        elif (system or self.always_system) and self.system:
             text += self.system.replace("{content}", system)
         users = [i for i, m in enumerate(turns) if m["role"] == "user"]
         last_user = users[-1] if users else -1
         folded = (last_user if self.system_last else users[0]) if users and system and not self.system else None
         for i, m in enumerate(turns):
+            if m["role"] == "tool":  # results, untrained: consecutive ones share one user turn, as Qwen writes them
+                if i == 0 or turns[i - 1]["role"] != "tool":
+                    results = [r["content"] for r in _run_of_tools(turns, i)]
+                    text += self.user.replace("{content}", "\n".join(f"<tool_response>\n{r}\n</tool_response>"
+                                                                     for r in results))
+                continue
             if m["role"] == "user":
                 content = m["content"]
                 if i == folded:
@@ -77,8 +87,10 @@ class Template:
                 text += self.user.replace("{content}", content)
                 continue
             reasoning, answer = split_reasoning(m)
+            if m.get("tool_calls"):
+                answer = (answer + _qwen_calls(m["tool_calls"])) if answer else _qwen_calls(m["tool_calls"])[1:]
             block = ""
-            if self.think and i > last_user and (reasoning or self.think_always):
+            if self.think and i > last_user and (reasoning or (self.think_always and i == len(turns) - 1)):
                 block = self.think.replace("{reasoning}", reasoning)
             text += self.header
             body = block + self.assistant.replace("{content}", answer)
@@ -104,13 +116,33 @@ class Template:
         syspre, syspost = self.system.split("{content}") if self.system else ("", "")
         tp, tpost = self.think.split("{reasoning}") if self.think else ("", "")
         fold_at = "users.last" if self.system_last else "users.first"
+        tools_pre, tools_post = _QWEN_TOOLS.format(tools="\0").split("\0")
+        plain_system = ("if ns.system or " + ("true" if self.always_system else "false") + " -%}{{- " + q(syspre)
+                        + " + ns.system + " + q(syspost) + " -}}")
+        system_turn = "" if not self.system else "{%- " + plain_system + "{%- endif -%}"
+        if self.tool_format:  # the system turn carries the tool list when there are tools
+            system_turn = (
+                "{%- if tools -%}{%- set t = namespace(list='') -%}{%- for tool in tools -%}"
+                "{%- set t.list = t.list + '\\n' + (tool | tojson) -%}{%- endfor -%}"
+                "{{- " + q(syspre) + " + (ns.system + '\\n\\n' if ns.system else '') + " + q(tools_pre) + " + t.list + "
+                + q(tools_post) + " + " + q(syspost) + " -}}{%- el" + plain_system + "{%- endif -%}")
+        tool_turns = (  # results share one user turn; calls follow the answer's text
+            "{%- elif m['role'] == 'tool' -%}{%- set turns = messages[ns.start:] -%}"
+            "{%- if loop.first or turns[loop.index0 - 1]['role'] != 'tool' -%}{{- " + q(up) + " -}}{%- else -%}"
+            "{{- '\\n' -}}{%- endif -%}{{- '<tool_response>\\n' + m['content'] + '\\n</tool_response>' -}}"
+            "{%- if loop.last or turns[loop.index0 + 1]['role'] != 'tool' -%}{{- " + q(upost) + " -}}{%- endif -%}")
+        tool_calls = (
+            "{%- if m['tool_calls'] -%}{%- set k = namespace(calls='') -%}{%- for call in m['tool_calls'] -%}"
+            "{%- set f = call['function'] if call['function'] is defined else call -%}"
+            "{%- set k.calls = k.calls + '\\n<tool_call>\\n{\"name\": \"' + f['name'] + '\", \"arguments\": ' + "
+            "(f['arguments'] if f['arguments'] is string else f['arguments'] | tojson) + '}\\n</tool_call>' -%}"
+            "{%- endfor -%}{%- set c = c + k.calls if c else k.calls[1:] -%}{%- endif -%}")
         return (
             "{{- " + q(self.prefix) + " -}}"
             "{%- if messages and messages[0]['role'] == 'system' -%}"
             "{%- set ns = namespace(system=messages[0]['content'], start=1) -%}"
             "{%- else -%}{%- set ns = namespace(system=" + q(self.default_system) + ", start=0) -%}{%- endif -%}"
-            + ("{%- if ns.system or " + ("true" if self.always_system else "false") + " -%}{{- " + q(syspre)
-               + " + ns.system + " + q(syspost) + " -}}{%- endif -%}" if self.system else "")
+            + system_turn
             + "{%- set users = namespace(first=-1, last=-1) -%}"
             "{%- for m in messages[ns.start:] -%}{%- if m['role'] == 'user' -%}{%- set users.last = loop.index0 -%}"
             "{%- if users.first < 0 -%}{%- set users.first = loop.index0 -%}{%- endif -%}{%- endif -%}{%- endfor -%}"
@@ -120,20 +152,52 @@ class Template:
                + q(sm) + " + m['content'] + " + q(spost) + " -%}{%- else -%}{%- set c = m['content'] -%}{%- endif -%}"
                if not self.system else "{%- set c = m['content'] -%}")
             + "{{- " + q(up) + " + c + " + q(upost) + " -}}"
-            "{%- elif m['role'] == 'assistant' -%}"
+            + (tool_turns if self.tool_format else "")
+            + "{%- elif m['role'] == 'assistant' -%}"
             "{%- set c = m['content'] -%}"
             "{%- if m['reasoning_content'] is string -%}{%- set r = m['reasoning_content'].strip('\\n') -%}"
             "{%- elif '</think>' in c -%}{%- set r = c.split('</think>')[0].rstrip('\\n').split('<think>')[-1]"
             ".strip('\\n') -%}{%- set c = c.split('</think>')[-1].lstrip('\\n') -%}"
             "{%- else -%}{%- set r = '' -%}{%- endif -%}"
-            "{{- " + q(self.header) + " -}}"
-            + ("{%- if loop.index0 > users.last and (r or " + ("true" if self.think_always else "false") + ") -%}"
+            + (tool_calls if self.tool_format else "")
+            + "{{- " + q(self.header) + " -}}"
+            + ("{%- if loop.index0 > users.last and (r or " + ("loop.last" if self.think_always else "false") + ") -%}"
                "{{- " + q(tp) + " + r + " + q(tpost) + " -}}{%- endif -%}" if self.think else "")
             + "{{- " + q(ap) + " + c + " + q(apost) + " + " + q(self.sep) + " -}}"
             "{%- endif -%}{%- endfor -%}"
             "{%- if add_generation_prompt -%}{{- " + q(self.header + self.prompt_think) + " -}}"
             "{%- else -%}{{- " + q(self.suffix) + " -}}{%- endif -%}"
         )
+
+
+_QWEN_TOOLS = ("# Tools\n\nYou may call one or more functions to assist with the user query.\n\nYou are provided with "
+               "function signatures within <tools></tools> XML tags:\n<tools>{tools}\n</tools>\n\nFor each function "
+               "call, return a json object with function name and arguments within <tool_call></tool_call> XML "
+               "tags:\n<tool_call>\n{{\"name\": <function-name>, \"arguments\": <args-json-object>}}\n</tool_call>")
+
+
+def _qwen_tools(tools: list[dict]) -> str:
+    """The tool list of Qwen2.5/Qwen3's system turn (each tool as transformers' `tojson` writes it)."""
+    return _QWEN_TOOLS.format(tools="".join("\n" + json.dumps(t, ensure_ascii=False) for t in tools))
+
+
+def _qwen_calls(calls: list[dict]) -> str:
+    """An answer's tool calls as Qwen writes them, each opened by a newline."""
+    out = ""
+    for call in calls:
+        f = call.get("function", call)
+        args = f.get("arguments", {})
+        out += ('\n<tool_call>\n{"name": "' + f["name"] + '", "arguments": '
+                + (args if isinstance(args, str) else json.dumps(args, ensure_ascii=False)) + "}\n</tool_call>")
+    return out
+
+
+def _run_of_tools(turns: list[dict], i: int) -> list[dict]:
+    run = []
+    while i < len(turns) and turns[i]["role"] == "tool":
+        run.append(turns[i])
+        i += 1
+    return run
 
 
 def split_reasoning(message: dict) -> tuple[str, str]:
@@ -272,7 +336,9 @@ class TokenizerTemplate:
                 prompt_end = len(head)
             elif tail is not None and text.startswith(tail, cursor):  # the template renders earlier turns otherwise
                 prompt_end = cursor + len(tail)  # (Mistral moves the system text): after the prompt's last part
-            else:
+            elif tail and not found and m.get("tool_calls"):  # a call the prompt does not lead into as it is (Qwen3
+                prompt_end = cursor + len(self._shared_lead(tail, text[cursor:]))  # thinking off): after the part
+            else:  # of the prompt the text holds
                 prompt_end = None
             if found is None and not (m.get("tool_calls") and prompt_end is not None):
                 raise self._refuse(f"rewrites message {k} (assistant) so that its text no longer appears as written, "
@@ -300,6 +366,14 @@ class TokenizerTemplate:
             spans.append((start, end))
             cursor, shown = end, text[pos:end]
         return Rendered(text, spans)
+
+    def _shared_lead(self, a: str, b: str) -> str:
+        """The common start of a and b, cut back to a line end or a special token's end."""
+        shared = os.path.commonprefix([a, b])
+        specials = {*self.tokenizer.all_special_tokens, *self.tokenizer.get_added_vocab()}
+        while shared and not (shared.endswith("\n") or any(shared.endswith(t) for t in specials if t)):
+            shared = shared[:-1]
+        return shared
 
     def jinja(self) -> str:
         return self.tokenizer.chat_template
@@ -349,20 +423,20 @@ TEMPLATES: dict[str, Template] = {t.name: t for t in [
              system="<|im_start|>system\n{content}<|im_end|>\n",
              default_system="You are Qwen, created by Alibaba Cloud. You are a helpful assistant.",
              user="<|im_start|>user\n{content}<|im_end|>\n",
-             header="<|im_start|>assistant\n", assistant="{content}<|im_end|>", sep="\n",
+             header="<|im_start|>assistant\n", assistant="{content}<|im_end|>", sep="\n", tool_format="qwen",
              stop=("<|im_end|>", "<|endoftext|>")),
     Template("qwen3", family="Qwen3 (thinking: the model writes <think>...</think> before the final answer)",
              system="<|im_start|>system\n{content}<|im_end|>\n", user="<|im_start|>user\n{content}<|im_end|>\n",
              header="<|im_start|>assistant\n", assistant="{content}<|im_end|>", sep="\n", think=_THINK,
-             think_always=True, stop=("<|im_end|>", "<|endoftext|>")),
+             think_always=True, tool_format="qwen", stop=("<|im_end|>", "<|endoftext|>")),
     Template("qwen3_nothink", family="Qwen3 with thinking off (enable_thinking=False: the empty think block is "
              "part of the prompt)", system="<|im_start|>system\n{content}<|im_end|>\n",
              user="<|im_start|>user\n{content}<|im_end|>\n", header="<|im_start|>assistant\n",
              assistant="{content}<|im_end|>", sep="\n", think=_THINK, think_always=True,
-             prompt_think="<think>\n\n</think>\n\n", stop=("<|im_end|>", "<|endoftext|>")),
-    Template("chatml", family="ChatML without a default system (also the tiny model's)",
+             prompt_think="<think>\n\n</think>\n\n", tool_format="qwen", stop=("<|im_end|>", "<|endoftext|>")),
+    Template("chatml", family="ChatML without a default system (also the tiny model's); Qwen's tool format",
              system="<|im_start|>system\n{content}<|im_end|>\n", user="<|im_start|>user\n{content}<|im_end|>\n",
-             header="<|im_start|>assistant\n", assistant="{content}<|im_end|>", sep="\n",
+             header="<|im_start|>assistant\n", assistant="{content}<|im_end|>", sep="\n", tool_format="qwen",
              stop=("<|im_end|>", "<|endoftext|>")),
     Template("chatglm3", family="ChatGLM3-6B (the official fine-tuning ends the text with eos)", prefix="[gMASK]sop",
              system="<|system|>\n {content}", user="<|user|>\n {content}", header="<|assistant|>",

@@ -182,3 +182,22 @@ def test_placeholders_are_reported_and_filled(workdir):
     assert filled.summary()["placeholders"] is None
     text = filled.tokenizer.decode(filled.data.train[0]["input_ids"])
     assert "{{" not in text and ("Tiny" in text or "ftkit" in text)
+
+
+@pytest.mark.slow
+def test_llama_factorys_demo_sets_train_together_by_name(workdir):
+    """identity (its placeholders filled), the alpaca demos and the tool-calling demos, by name from its
+    dataset_info.json, with the template its examples use: the calls are trained, the tool results are not."""
+    import ftkit
+    from conftest import base_config
+    from ftkit.data import IGNORE
+
+    cfg = base_config(workdir / "run", dataset="identity,alpaca_en_demo,alpaca_zh_demo,glaive_toolcall_en_demo,"
+                      "glaive_toolcall_zh_demo", dataset_dir=str(llama_factory() / "data"), template="qwen3_nothink",
+                      max_samples=16, max_steps=2, cutoff_len=2048, replace={"name": "Tiny", "author": "ftkit"})
+    plan = ftkit.plan(cfg)
+    texts = [plan.tokenizer.decode([t for t in r["labels"] if t != IGNORE]) for r in plan.data.train]
+    calls = [t for t in texts if "<tool_call>" in t]
+    assert len(plan.data.train) == 80 and calls and not any("<tool_response>" in t for t in texts)
+    run = ftkit.train(cfg, console=False)
+    assert len(run.losses) == 2 and all(loss == loss for _, loss in run.losses)

@@ -330,3 +330,32 @@ def test_a_run_says_when_its_template_drops_the_reasoning_it_was_given(official,
     plan = ftkit.plan(base_config(workdir / "run", dataset=str(workdir / "r.jsonl")))
     assert plan.data.stats.reasoning_lost == 8 - len(plan.data.eval)
     assert "reasoning in their final answer that template auto does not render" in _reasoning_note(plan)
+
+
+
+@pytest.mark.parametrize("name, source, kwargs", [
+    ("qwen", "Qwen-Qwen2.5-7B-Instruct", {}), ("qwen3", "Qwen-Qwen3-0.6B", {}),
+    ("qwen3_nothink", "Qwen-Qwen3-0.6B", {"enable_thinking": False})])
+def test_qwen_builtins_write_qwens_tool_format(name, source, kwargs, official, tiny_tokenizer):
+    """Tools in the system turn, calls after the answer's text, results in one user turn: equal to the official
+    template, with and without a system message, two calls answered at once; the calls trained as `auto` trains
+    them."""
+    from ftkit.data import Conversation
+    from ftkit.templates import get_template
+
+    tok = host(tiny_tokenizer, official[source])
+    builtin, chat = get_template(name, tok), tool_chat()
+    two = Conversation([*list(chat)[1:2], {"role": "assistant", "content": "Checking both.", "tool_calls": [
+        chat[2]["tool_calls"][0], {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Rome"}}}]},
+        {"role": "tool", "content": "{\"temp_c\": 22}"}, {"role": "tool", "content": "{\"temp_c\": 30}"},
+        {"role": "assistant", "content": "22 and 30."}], chat.tools)
+    for conversation in (chat, Conversation(list(chat)[1:], chat.tools), two):
+        mine = builtin.render(conversation, tools=conversation.tools)
+        assert mine.text == tok.apply_chat_template(list(conversation), tools=conversation.tools, tokenize=False,
+                                                    **kwargs)
+        prompt = builtin.render(conversation[:-1], add_generation_prompt=True, tools=conversation.tools).text
+        assert prompt == tok.apply_chat_template(list(conversation[:-1]), tools=conversation.tools, tokenize=False,
+                                                 add_generation_prompt=True, **kwargs)
+        ref = get_template("auto", tok, enable_thinking=kwargs.get("enable_thinking")).render(
+            conversation, tools=conversation.tools)
+        assert [mine.text[a:b] for a, b in mine.spans] == [ref.text[a:b] for a, b in ref.spans]

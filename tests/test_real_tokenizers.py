@@ -119,5 +119,7 @@ def test_tool_calling_and_reasoning_files_train_on_a_real_tokenizer(tmp_path):
         assert '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call><|im_end|>' in trained
         assert trained.endswith("巴黎现在22度。<|im_end|>") and "temp_c" not in trained and "天气" not in trained
         assert "get_weather" in tok.decode(row["input_ids"]).split("<|im_start|>user")[0]  # the tools, in the system turn
-    with pytest.raises(Exception, match="template: qwen renders no tools"):
-        encode([lf], tok, get_template("qwen", tok), cutoff_len=4096)
+    builtin, _ = encode([lf, oa], tok, get_template("qwen", tok), cutoff_len=4096)  # Qwen's tool format, built in
+    assert [r["labels"] for r in builtin] == [r["labels"] for r in rows]
+    with pytest.raises(Exception, match="template: llama3 renders no tools"):
+        encode([lf], tok, get_template("llama3", tok), cutoff_len=4096)

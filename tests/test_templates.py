@@ -178,7 +178,7 @@ def test_render_shows_text_tokens_and_labels_as_training_sees_them(tiny_tokenize
     (folder / "config.json").write_text(json.dumps({"model_type": "llama"}))
     assert ftkit.render(conv, model=str(folder), template="llama3").text.startswith("<|begin_of_text|>")
     with pytest.raises(DataError, match=r"renders no tools, tool calls or tool results \(tools\); use template: auto"):
-        ftkit.render(conv, template="chatml", tools=[{"type": "function", "function": {"name": "f"}}])
+        ftkit.render(conv, template="llama3", tools=[{"type": "function", "function": {"name": "f"}}])
 
 
 def test_a_run_config_carries_enable_thinking_to_its_template():
@@ -188,3 +188,18 @@ def test_a_run_config_carries_enable_thinking_to_its_template():
     cfg = RunConfig.from_dict({"dataset": "demo", "template": "qwen3", "enable_thinking": False, "max_steps": 1})
     assert ftkit.plan(cfg).template.name == "qwen3_nothink"
     assert ftkit.plan(cfg.to_dict() | {"enable_thinking": None}).template.name == "qwen3"
+
+
+@pytest.mark.parametrize("name", sorted(n for n, t in TEMPLATES.items() if t.tool_format))
+def test_jinja_export_renders_tools_like_the_builtin(name, tiny_tokenizer):
+    from test_real_templates import tool_chat
+
+    t, tok, chat = get_template(name, tiny_tokenizer), tiny_tokenizer, tool_chat()
+    saved = tok.chat_template
+    try:
+        tok.chat_template = t.jinja()
+        for msgs in (list(chat), list(chat)[1:]):
+            for tools in (chat.tools, None):
+                assert tok.apply_chat_template(msgs, tools=tools, tokenize=False) == t.render(msgs, tools=tools).text
+    finally:
+        tok.chat_template = saved
