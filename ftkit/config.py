@@ -361,9 +361,17 @@ LF_ELSEWHERE = {  # keys of LLaMA-Factory's other jobs, in a training file
 }
 
 
+LF_V1_KEYS = {"train_dataset", "peft_config", "micro_batch_size", "dist_config", "kernel_config", "model_class",
+              "quant_config", "batching_strategy", "sample_backend", "init_config"}
+
+
 def llama_factory_keys(raw: dict) -> tuple[dict, list[str], list[str]]:
     """LLaMA-Factory's names in a flat config: (the config in ftkit's keys, the keys accepted as not needed, the
     problems of keys asking for what ftkit lacks)."""
+    v1 = sorted(set(raw) & LF_V1_KEYS)
+    if v1:
+        return {}, [], [f"{', '.join(v1)}: this is LLaMA-Factory's v1 config format (its examples/v1/), not supported "
+                        "yet; write the run in the flat format of its examples/train_lora/"]
     out, accepted, problems, refused = {}, [], [], {}
     for key, value in raw.items():
         if key == "disable_gradient_checkpointing":

@@ -27,6 +27,13 @@ def training_examples() -> dict[str, dict]:
     return {name: raw for name, raw in files.items() if "model_name_or_path" in raw and "stage" in raw}
 
 
+def test_v1_configs_are_refused_as_such():
+    root = llama_factory() / "examples" / "v1"
+    for f in sorted(root.rglob("*.yaml")):
+        with pytest.raises(ConfigError, match="LLaMA-Factory's v1 config format"):
+            RunConfig.from_any(f)
+
+
 def test_every_llama_factory_argument_name_is_known():
     """Each of LLaMA-Factory's 241 argument names is honoured, accepted as not needed, or refused by name; none is
     an unknown key, and none is dropped without a word."""
