@@ -63,6 +63,8 @@ class RunConfig:
     # method
     stage: str = _f("sft", "Training stage. Only `sft` (supervised fine-tuning) is supported.")
     finetuning_type: str = _f("lora", "lora | full | freeze.")
+    adapter_name_or_path: str | None = _f(None, "A LoRA adapter (its folder or its run's) to go on training: its rank, "
+                                                "targets and weights are kept.")
     lora_target: str | list[str] = _f("all", "Modules that get LoRA: `all` (every linear layer but the head) or names like q_proj,v_proj.")
     lora_rank: int = _f(8, "LoRA rank r: size of the low-rank matrices.")
     lora_alpha: int | None = _f(None, "LoRA scaling alpha; default 2 x lora_rank.")
@@ -200,6 +202,12 @@ class RunConfig:
             p.append(f"lora_dropout: must be in [0, 1), got {self.lora_dropout}")
         if not 0 <= self.warmup_ratio < 1:
             p.append(f"warmup_ratio: must be in [0, 1), got {self.warmup_ratio}")
+        if self.adapter_name_or_path and self.finetuning_type != "lora":
+            p.append(f"adapter_name_or_path: a LoRA adapter goes on training with finetuning_type: lora (you have "
+                     f"{self.finetuning_type})")
+        if self.adapter_name_or_path and "," in self.adapter_name_or_path:
+            p.append(f"adapter_name_or_path: {self.adapter_name_or_path} names several adapters; merge all but the "
+                     "last into the base (ftkit merge) and go on training the last")
         init = self.init_lora_weights
         if isinstance(init, str) and init not in LORA_INITS and not re.fullmatch(r"pissa_niter_\d+", init):
             p.append(f"init_lora_weights: {init!r} is not one of true, false, {', '.join(LORA_INITS)}, pissa_niter_N")
@@ -215,6 +223,8 @@ class RunConfig:
 
     @property
     def lora_init(self):
+        if self.adapter_name_or_path:
+            return True  # the adapter's own weights are the start
         return "pissa_niter_16" if self.pissa_init else self.init_lora_weights
 
     @property
@@ -332,7 +342,8 @@ LF_REFUSED = {
     **_group("neat_packing block_diag_attn", "neat packing (packing keeps attention within each example already)"),
     **_group("tool_format", "a tool format other than the model's own template's"),
     **_group("preserve_thinking", "keeping earlier turns' reasoning"),
-    **_group("adapter_name_or_path adapter_folder create_new_adapter", "continuing an existing adapter"),
+    **_group("adapter_folder create_new_adapter", "a new adapter on top of an existing one (adapter_name_or_path "
+             "goes on training the adapter it names)"),
     **_group("resize_vocab split_special_tokens add_tokens new_special_tokens_config init_special_tokens",
              "these vocabulary settings (new_special_tokens adds special tokens)"),
     **_group("train_from_scratch", "training from scratch"), **_group("model_revision", "hub revisions (use a "

@@ -321,21 +321,28 @@ def decoder_layers(model):
     return layers
 
 
-def make_trainable(model, cfg, notes: list[str] | None = None):
+def make_trainable(model, cfg, notes: list[str] | None = None, weights: bool = True):
     """Apply the fine-tuning method; returns the model to train. What a user should know about it (LoRA that
-    could not go where asked) is added to `notes`."""
+    could not go where asked) is added to `notes`. `weights=False` (a meta skeleton) leaves a continued adapter's
+    weights unloaded."""
     import torch
 
     if cfg.finetuning_type == "lora":
-        from peft import get_peft_model, prepare_model_for_kbit_training
+        from peft import PeftConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
 
-        lora = lora_config(model, cfg)
+        from ftkit.folders import adapter_folder
+
+        adapter = adapter_folder(cfg.adapter_name_or_path) if cfg.adapter_name_or_path else None
+        lora = PeftConfig.from_pretrained(str(adapter)) if adapter else lora_config(model, cfg)
         requested = set(lora.target_modules or ())  # peft may rewrite target_modules (MoE name conversion)
         if cfg.quantization_bit:
             model = prepare_model_for_kbit_training(
                 model, use_gradient_checkpointing=bool(cfg.gradient_checkpointing),
                 gradient_checkpointing_kwargs={"use_reentrant": False})
-        model = get_peft_model(model, lora)
+        if adapter and weights:  # the adapter's weights, trainable: training goes on from them
+            model = PeftModel.from_pretrained(model, str(adapter), is_trainable=True)
+        else:
+            model = get_peft_model(model, lora)
         skipped = _unadapted(model, requested)
         if skipped and notes is not None:  # peft maps v4 expert names onto transformers 5's fused experts, and
             notes.append(f"LoRA not applied to {', '.join(skipped)} (peft reads these names as the fused "
@@ -380,7 +387,7 @@ def skeleton(cfg, model_path: str, tokenizer):
         match_vocab(model, tokenizer, mean_init=False)  # meta tensors: shapes only
         # quantization and data-dependent inits do not change which parameters train
         plain = dataclasses.replace(cfg, quantization_bit=None, init_lora_weights=True, pissa_init=False)
-        return make_trainable(model, plain)
+        return make_trainable(model, plain, weights=False)
 
 
 def shipped_code(model_path: str) -> str | None:

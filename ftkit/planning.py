@@ -115,6 +115,13 @@ def check_run(cfg: RunConfig) -> None:
         except FtkitError as e:
             problems += e.problems
     problems += filter(None, [check_template_name(cfg.template)])
+    if cfg.adapter_name_or_path and "," not in cfg.adapter_name_or_path:
+        from ftkit.folders import adapter_folder
+
+        try:
+            adapter_folder(cfg.adapter_name_or_path)
+        except FtkitError as e:
+            problems += [f"adapter_name_or_path: {p}" for p in e.problems]
     problems += _deepspeed_problems(cfg.extra.get("deepspeed"))
     code = None if cfg.trust_remote_code else M.shipped_code(cfg.model_name_or_path)
     if code:

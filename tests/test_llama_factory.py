@@ -208,3 +208,25 @@ def test_llama_factorys_demo_sets_train_together_by_name(workdir):
     assert len(plan.data.train) == 80 and calls and not any("<tool_response>" in t for t in texts)
     run = ftkit.train(cfg, console=False)
     assert len(run.losses) == 2 and all(loss == loss for _, loss in run.losses)
+
+
+@pytest.mark.slow
+def test_adapter_name_or_path_goes_on_training_that_adapter(workdir):
+    """LLaMA-Factory's adapter_name_or_path in a training file: the run starts from that adapter's weights (its
+    rank and targets too) and trains them; a learning rate near zero leaves them as they were."""
+    import torch
+    from safetensors.torch import load_file
+
+    import ftkit
+    from conftest import base_config
+
+    first = ftkit.train(base_config(workdir / "a", max_steps=3, lora_rank=4), console=False)
+    again = ftkit.train(base_config(workdir / "b", max_steps=1, learning_rate=1e-12,
+                                    adapter_name_or_path=str(first.output_dir)), console=False)
+    a, b = (load_file(r.adapter_dir / "adapter_model.safetensors") for r in (first, again))
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    assert any(t.abs().sum() > 0 for k, t in a.items() if "lora_B" in k)  # trained, so not the zero start
+    assert again.losses[0][1] < ftkit.train(base_config(workdir / "c", max_steps=1, lora_rank=4),
+                                            console=False).losses[0][1]
+    with pytest.raises(ConfigError, match="adapter_name_or_path: .* no LoRA adapter here"):
+        ftkit.plan(base_config(workdir / "d", adapter_name_or_path=str(workdir)))
