@@ -69,16 +69,9 @@ def merge(adapter_dir: str | Path | None, out: str | Path | None = None, toleran
         raise ModelError(f"merge check failed: merged logits differ from the adapter model's by {diff:.3g} "
                          f"(allowed {tolerance * max(1.0, scale):.3g}); nothing was written")
 
-    tmp = partial_dir(out)
-    merged.save_pretrained(tmp, **_shards(shard_size_gb))
     # the base model's own template is kept unless the run trained on one that renders differently
-    tokenizer.chat_template, template_note = chat_template_to_save(
-        template, M.load_tokenizer(base_path, cfg.tokenizer_name_or_path if cfg else None))
-    tokenizer.save_pretrained(tmp)
-    _set_stop_tokens(tmp, tokenizer, template)
-    if cfg:
-        cfg.save(tmp / ADAPTER_CONFIG)
-    replace_dir(tmp, out)
+    template_note = _save(merged, tokenizer, template, cfg, out, shard_size_gb,
+                          M.load_tokenizer(base_path, cfg.tokenizer_name_or_path if cfg else None))
     if console:
         print(f"merged {adapter} into {base_name} -> {out}\n"
               f"  check: max |logit difference| on a probe batch = {diff:.2e} (allowed {tolerance:.0e} x scale)"
@@ -86,8 +79,19 @@ def merge(adapter_dir: str | Path | None, out: str | Path | None = None, toleran
     return out
 
 
-def _shards(size_gb: float | None) -> dict:
-    return {"max_shard_size": f"{int(size_gb * 1000)}MB"} if size_gb else {}
+def _save(model, tokenizer, template, cfg, out: Path, shard_size_gb: float | None, own) -> str | None:
+    """Weights (safetensors, in shards of at most shard_size_gb), the tokenizer with the chat template to keep
+    (`own`'s official one unless the run's renders differently; the note says so), end-of-turn stops and the run
+    config, written atomically to `out`."""
+    tmp = partial_dir(out)
+    model.save_pretrained(tmp, **({"max_shard_size": f"{int(shard_size_gb * 1000)}MB"} if shard_size_gb else {}))
+    tokenizer.chat_template, note = chat_template_to_save(template, own)
+    tokenizer.save_pretrained(tmp)
+    _set_stop_tokens(tmp, tokenizer, template)
+    if cfg:
+        cfg.save(tmp / ADAPTER_CONFIG)
+    replace_dir(tmp, out)
+    return note
 
 
 def _export(model_name: str, out: Path, template: str | None, shard_size_gb: float | None, console: bool) -> Path:
@@ -103,14 +107,7 @@ def _export(model_name: str, out: Path, template: str | None, shard_size_gb: flo
     tmpl = templates.get_template(template or (cfg.template if cfg else "auto"), tokenizer, M.model_type(path),
                                   cfg.enable_thinking if cfg else None)
     model = AutoModelForCausalLM.from_pretrained(path, **M.safe_weights(path, bool(cfg and cfg.allow_pickle)))
-    tmp = partial_dir(out)
-    model.save_pretrained(tmp, **_shards(shard_size_gb))
-    tokenizer.chat_template, note = chat_template_to_save(tmpl, tokenizer)
-    tokenizer.save_pretrained(tmp)
-    _set_stop_tokens(tmp, tokenizer, tmpl)
-    if cfg:
-        cfg.save(tmp / ADAPTER_CONFIG)
-    replace_dir(tmp, out)
+    note = _save(model, tokenizer, tmpl, cfg, out, shard_size_gb, tokenizer)
     if console:
         print(f"exported {path} -> {out}" + (f"\n  {note}" if note else ""))
     return out

@@ -28,6 +28,17 @@ def cache() -> Path:
     return Path(os.environ.get("FTKIT_REAL_CACHE") or Path.home() / ".cache" / "ftkit" / "real")
 
 
+def _sdist(spec: str, folder: str) -> Path:
+    """A package's source distribution downloaded from PyPI into `folder`; a skip naming why, when it cannot be."""
+    p = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", spec,
+                        "-d", folder], capture_output=True, text=True, timeout=900)
+    sdist = next(Path(folder).glob("*.tar.gz"), None)
+    if p.returncode or sdist is None:
+        reason = (p.stderr.strip().splitlines() or ["no sdist"])[-1]
+        pytest.skip(f"real fixtures: pip could not download {spec} ({reason})")
+    return sdist
+
+
 def llama_cpp_models() -> Path:
     """llama.cpp's models/ folder, as far as the tests use it: templates/*.jinja, and ggml-vocab-NAME.gguf with its
     .inp/.out test vectors for the VOCABS (downloaded and unpacked once, ~30 s)."""
@@ -36,12 +47,7 @@ def llama_cpp_models() -> Path:
         return dest
     wanted = tuple(f"ggml-vocab-{name}.gguf" for name in VOCABS)
     with tempfile.TemporaryDirectory() as tmp:
-        p = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-                            LLAMA_CPP_PYTHON, "-d", tmp], capture_output=True, text=True, timeout=900)
-        sdist = next(Path(tmp).glob("*.tar.gz"), None)
-        if p.returncode or sdist is None:
-            reason = (p.stderr.strip().splitlines() or ["no sdist"])[-1]
-            pytest.skip(f"real fixtures: pip could not download {LLAMA_CPP_PYTHON} ({reason})")
+        sdist = _sdist(LLAMA_CPP_PYTHON, tmp)
         partial = dest.with_name(dest.name + f".partial-{os.getpid()}")
         shutil.rmtree(partial, ignore_errors=True)
         (partial / "templates").mkdir(parents=True)
@@ -146,12 +152,7 @@ def llama_factory() -> Path:
     if (dest / "complete").exists():
         return dest
     with tempfile.TemporaryDirectory() as tmp:
-        p = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-                            LLAMA_FACTORY, "-d", tmp], capture_output=True, text=True, timeout=900)
-        sdist = next(Path(tmp).glob("*.tar.gz"), None)
-        if p.returncode or sdist is None:
-            reason = (p.stderr.strip().splitlines() or ["no sdist"])[-1]
-            pytest.skip(f"LLaMA-Factory's files: pip could not download {LLAMA_FACTORY} ({reason})")
+        sdist = _sdist(LLAMA_FACTORY, tmp)
         partial = dest.with_name(dest.name + f".partial-{os.getpid()}")
         shutil.rmtree(partial, ignore_errors=True)
         with tarfile.open(sdist) as tar:
