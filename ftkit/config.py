@@ -53,6 +53,8 @@ class RunConfig:
     dataset_dir: str = _f("data", "Folder holding dataset files and dataset_info.json.")
     formatting: str = _f("auto", "Record shape: auto | conversation | openai | sharegpt | alpaca | moss | chatglm3 | qwen.")
     val_size: float = _f(0.0, "Held-out share (0-1) or number of examples for evaluation.")
+    eval_dataset: str | None = _f(None, "Dataset(s) to evaluate on instead of holding out part of `dataset`, "
+                                        "comma-separated, like `dataset`.")
     max_samples: int | None = _f(None, "Use at most this many examples from each dataset.")
     cutoff_len: int = _f(1024, "Maximum tokens per example; longer ones are cut at the last whole answer that fits.")
     packing: bool | None = _f(None, "Padding-free batches: a batch's examples end to end in one row, attention kept "
@@ -194,6 +196,9 @@ class RunConfig:
             p.append("max_steps: 0 would train nothing; use a positive number or -1 (use num_train_epochs)")
         if not (0 <= self.val_size < 1 or float(self.val_size).is_integer()):
             p.append(f"val_size: {self.val_size} is neither a share in [0, 1) nor a whole number of examples")
+        if self.eval_dataset and self.val_size:
+            p.append(f"eval_dataset and val_size: evaluate on {self.eval_dataset} or hold out val_size of the "
+                     "training data, not both")
         if self.max_samples is not None and self.max_samples < 1:
             p.append(f"max_samples: must be at least 1, got {self.max_samples}")
         if self.eval_steps is not None and self.eval_steps < 1:
@@ -237,7 +242,11 @@ class RunConfig:
 
     @property
     def datasets(self) -> list[str]:
-        return [s.strip() for s in (self.dataset or "").split(",") if s.strip()]
+        return _names(self.dataset)
+
+    @property
+    def eval_datasets(self) -> list[str]:
+        return _names(self.eval_dataset)
 
     @property
     def run_dir(self) -> Path:
@@ -367,8 +376,6 @@ LF_ELSEWHERE = {  # keys of LLaMA-Factory's other jobs, in a training file
                                           "[...]}",
     **_group("do_predict predict_with_generate", "a predict key: predict runs (generate answers for eval_dataset "
              "and score them) are not supported yet"),
-    "eval_dataset": "an evaluation key (LLaMA-Factory's predict runs, not supported yet); a training run holds out "
-                    "part of its data with val_size",
 }
 
 

@@ -757,10 +757,11 @@ class Prepared:
     sources: list[Source]
 
 
-def dataset_rows(cfg, tokenizer, template, cutoff_len: int) -> tuple[list[dict], list[Source]]:
-    """Every dataset of a run config tokenized (one row per conversation, in file order, max_samples a file),
-    tokenized once per file and cached."""
-    sources = [resolve_dataset(n, cfg.dataset_dir) for n in cfg.datasets]
+def dataset_rows(cfg, tokenizer, template, cutoff_len: int, names: list[str] | None = None
+                 ) -> tuple[list[dict], list[Source]]:
+    """Every dataset of a run config (or those `names`) tokenized (one row per conversation, in file order,
+    max_samples a file), tokenized once per file and cached."""
+    sources = [resolve_dataset(n, cfg.dataset_dir) for n in (cfg.datasets if names is None else names)]
     rows = []
     for src in sources:
         fmt = cfg.formatting if cfg.formatting != "auto" else src.formatting
@@ -785,6 +786,10 @@ def prepare(cfg, tokenizer, template) -> Prepared:
         raise DataError(f"val_size: {cfg.val_size} leaves no training examples out of {len(rows)}")
     train, stats = collect(rows[n_eval:])
     evals, _ = collect(rows[:n_eval])
+    if cfg.eval_dataset:  # a separate evaluation set (LLaMA-Factory's eval_dataset)
+        eval_rows, eval_sources = dataset_rows(cfg, tokenizer, template, cfg.cutoff_len, cfg.eval_datasets)
+        evals, _ = collect(eval_rows)
+        sources = sources + eval_sources
     if not train:
         raise DataError(f"cutoff_len: {cfg.cutoff_len} tokens leaves no trained token in any of "
                         f"{len(rows) - n_eval} examples (every prompt is longer); raise cutoff_len")

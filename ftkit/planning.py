@@ -109,7 +109,8 @@ def check_run(cfg: RunConfig) -> None:
     problems = []
     for check in [lambda: M.resolve(cfg.model_name_or_path),
                   lambda: cfg.tokenizer_name_or_path and M.resolve(cfg.tokenizer_name_or_path),
-                  *[lambda name=name: resolve_dataset(name, cfg.dataset_dir) for name in cfg.datasets]]:
+                  *[lambda name=name: resolve_dataset(name, cfg.dataset_dir)
+                    for name in cfg.datasets + cfg.eval_datasets]]:
         try:
             check()
         except FtkitError as e:

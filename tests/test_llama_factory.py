@@ -230,3 +230,13 @@ def test_adapter_name_or_path_goes_on_training_that_adapter(workdir):
                                             console=False).losses[0][1]
     with pytest.raises(ConfigError, match="adapter_name_or_path: .* no LoRA adapter here"):
         ftkit.plan(base_config(workdir / "d", adapter_name_or_path=str(workdir)))
+
+
+def test_eval_dataset_is_evaluated_on(workdir):
+    import ftkit
+    from conftest import DATA, base_config
+
+    plan = ftkit.plan(base_config(workdir / "run", eval_dataset=str(DATA / "seed_examples.json")))
+    assert len(plan.data.eval) == 2 and plan.data.stats.examples == 282  # all of demo trains; the seed's 2 evaluate
+    with pytest.raises(ConfigError, match="eval_dataset and val_size: evaluate on .* or hold out"):
+        ftkit.plan(base_config(workdir / "run", eval_dataset="demo", val_size=0.1))
