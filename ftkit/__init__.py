@@ -31,6 +31,14 @@ def launch(config, callbacks=(), nproc: int = 1, background: bool = False):
     return _launch(config, callbacks=callbacks, nproc=nproc, background=background)
 
 
+def predict(config, console: bool = True):
+    """Answer every conversation of the config's eval_dataset with its model (and adapter_name_or_path) and score
+    the answers against the references (BLEU-4, ROUGE-1/2/L, as LLaMA-Factory reports them). Returns Predictions."""
+    from ftkit.predicting import predict as _predict
+
+    return _predict(config, console=console)
+
+
 def plan(config):
     """Check and size a run without loading weights (what `--dry-run` prints); see Plan.summary()."""
     from ftkit.planning import plan as _plan

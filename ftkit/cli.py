@@ -53,6 +53,13 @@ def cmd_train(argv: list[str]) -> int:
     cfg = RunConfig.from_any(source, parse_overrides(_group_replace(rest)))
     import ftkit
 
+    if cfg.do_predict:  # LLaMA-Factory's predict files: answer and score eval_dataset, no training
+        if dry_run:
+            print(cfg.to_yaml() + f"\n(dry run: a predict run would answer {cfg.eval_dataset} and score the answers)")
+        else:
+            ftkit.predict(cfg)
+        return 0
+
     if dry_run:
         from ftkit.events import preflight_text
 

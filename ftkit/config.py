@@ -99,6 +99,12 @@ class RunConfig:
     save_steps: int = _f(500, "Save a checkpoint every N updates.")
     eval_steps: int | None = _f(None, "Evaluate every N updates (default: 5 times per run when val_size > 0).")
     report_to: str | list[str] = _f("none", "Extra loggers: none | tensorboard | wandb ...")
+    do_predict: bool = _f(False, "Instead of training: answer every conversation of eval_dataset with the model "
+                                 "(and adapter_name_or_path) and score the answers (BLEU-4, ROUGE), as "
+                                 "LLaMA-Factory's predict runs do.")
+    predict_with_generate: bool = _f(True, "do_predict generates the answers (the only kind of predict run here).")
+    generation: dict = _f({}, "Generation settings for do_predict: max_new_tokens, temperature, top_p, top_k, "
+                              "do_sample, repetition_penalty (LLaMA-Factory's generation keys land here).")
     plot_loss: bool = _f(False, "Write the loss curves as training_loss.png (and training_eval_loss.png) in the run "
                                 "folder at the end (needs matplotlib).")
     seed: int = _f(42, "Random seed for data order and initialisation.")
@@ -165,7 +171,13 @@ class RunConfig:
 
     def check(self) -> list[str]:
         p = []
-        if not self.dataset:
+        if self.do_predict:
+            if not self.eval_dataset:
+                p.append("eval_dataset: missing; a predict run (do_predict) answers the conversations of eval_dataset")
+            if not self.predict_with_generate:
+                p.append("predict_with_generate: false asks for a predict run without generation (loss only), which "
+                         "ftkit does not do; remove it")
+        elif not self.dataset:
             p.append("dataset: missing; name a file (data/demo_zh_en.json) or a dataset_info.json entry (demo)")
         if self.stage != "sft":
             p.append(f"stage: {self.stage!r} is not supported; ftkit does supervised fine-tuning, stage: sft")
@@ -297,9 +309,8 @@ LF_NOT_NEEDED = {
              "use_fast_tokenizer low_cpu_mem_usage print_param_status include_effective_tokens_per_second "
              "ignore_pad_token_for_loss use_kv_cache pissa_convert cache_dir hf_hub_token ms_hub_token "
              "om_hub_token quantization_method", "bookkeeping ftkit does itself"),
-    **_group("do_sample temperature top_p top_k num_beams max_length max_new_tokens repetition_penalty "
-             "length_penalty skip_special_tokens infer_backend infer_dtype default_system",
-             "generation settings: ftkit chat and predict read them, training does not"),
+    **_group("max_length skip_special_tokens infer_backend infer_dtype default_system",
+             "chat settings: ftkit chat reads them"),
 }
 LF_REFUSED = {
     **_group("use_galore galore_target galore_rank galore_update_interval galore_scale galore_proj_type "
@@ -374,11 +385,11 @@ LF_ELSEWHERE = {  # keys of LLaMA-Factory's other jobs, in a training file
              "an export key: it belongs in the file given to `ftkit merge FILE`"),
     "fsdp_transformer_layer_cls_to_wrap": "transformers 5 reads it inside fsdp_config: {transformer_layer_cls_to_wrap: "
                                           "[...]}",
-    **_group("do_predict predict_with_generate", "a predict key: predict runs (generate answers for eval_dataset "
-             "and score them) are not supported yet"),
 }
 
 
+LF_GENERATION = ("do_sample", "temperature", "top_p", "top_k", "num_beams", "max_new_tokens", "repetition_penalty",
+                 "length_penalty")
 LF_V1_KEYS = {"train_dataset", "peft_config", "micro_batch_size", "dist_config", "kernel_config", "model_class",
               "quant_config", "batching_strategy", "sample_backend", "init_config"}
 
@@ -392,7 +403,9 @@ def llama_factory_keys(raw: dict) -> tuple[dict, list[str], list[str]]:
                         "yet; write the run in the flat format of its examples/train_lora/"]
     out, accepted, problems, refused = {}, [], [], {}
     for key, value in raw.items():
-        if key == "disable_gradient_checkpointing":
+        if key in LF_GENERATION:  # used by predict runs
+            out.setdefault("generation", {})[key] = value
+        elif key == "disable_gradient_checkpointing":
             if value and raw.get("gradient_checkpointing") is None:
                 out["gradient_checkpointing"] = False
             accepted += [] if value else [key]

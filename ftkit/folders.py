@@ -20,6 +20,13 @@ def partial_dir(final: Path) -> Path:
     return tmp
 
 
+def write_atomic(path: Path, text: str) -> None:
+    """A text file written beside its place, then renamed into it: a reader sees the old file or the new one."""
+    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
 def replace_dir(tmp: Path, final: Path) -> None:
     """Move a finished folder into place; the old one goes only after the new one is there."""
     old = final.with_name(f".{final.name}.old-{os.getpid()}")

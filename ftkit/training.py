@@ -55,6 +55,12 @@ def train(config, callbacks=(), console: bool = True, should_stop=None) -> Run:
     `callbacks` receive the run's events; one returning "stop", `should_stop()` turning true, or a first Ctrl-C
     (SIGINT) ends the run after the current step, a second Ctrl-C at once; either way what was trained is saved.
     """
+    if not isinstance(config, RunConfig):
+        config = RunConfig.from_any(config)
+    if config.do_predict:  # LLaMA-Factory's predict runs come through train as well
+        from ftkit.predicting import predict
+
+        return predict(config, console=console)
     import torch
 
     from ftkit import model as M

@@ -3,8 +3,8 @@ configs, its argument names and its demo datasets (fetched from its sdist on PyP
 """
 import pytest
 
-from ftkit.config import (KEY_ALIASES, LF_ELSEWHERE, LF_NOT_NEEDED, LF_REFUSED, RunConfig, read_yaml,
-                          training_argument_names)
+from ftkit.config import (KEY_ALIASES, LF_ELSEWHERE, LF_GENERATION, LF_NOT_NEEDED, LF_REFUSED, RunConfig,
+                          read_yaml, training_argument_names)
 from ftkit.errors import ConfigError
 from real import llama_factory, llama_factory_argument_names
 
@@ -18,6 +18,7 @@ RUN_UNCHANGED = {
     # where transformers has the matching kernels
     "train_qlora/llama3_lora_sft_awq.yaml", "train_qlora/llama3_lora_sft_gptq.yaml",
     "train_qlora/llama3_lora_sft_aqlm.yaml",
+    "extras/nlg_eval/llama3_lora_predict.yaml",  # a predict run (do_predict): answers and scores eval_dataset
 }
 
 
@@ -39,7 +40,7 @@ def test_every_llama_factory_argument_name_is_known():
     an unknown key, and none is dropped without a word."""
     names = llama_factory_argument_names()
     assert len(names) >= 200
-    mapped = {"disable_gradient_checkpointing", "pissa_iter", "do_predict"}
+    mapped = {"disable_gradient_checkpointing", "pissa_iter", *LF_GENERATION}
     known = {*RunConfig.fields(), *training_argument_names(), *KEY_ALIASES, *LF_NOT_NEEDED, *LF_REFUSED,
              *LF_ELSEWHERE, *mapped}
     assert set(names) - known == set()
@@ -52,6 +53,8 @@ def test_every_llama_factory_argument_name_is_known():
             continue
         assert name in RunConfig.fields() or name in cfg.accepted or name in cfg.extra or name in KEY_ALIASES \
             or name in mapped, name
+        if name in LF_GENERATION:
+            assert cfg.generation == {name: True}, name  # kept for predict runs
 
 
 def test_example_configs_run_unchanged_or_are_refused_by_name(capsys):
@@ -80,7 +83,8 @@ def test_example_configs_plan_on_llama_factorys_datasets(workdir, monkeypatch):
 
     root = llama_factory()
     monkeypatch.chdir(root)
-    for name in sorted(RUN_UNCHANGED - {"train_full/qwen3_full_sft.yaml", "train_lora/qwen3_lora_sft_ds3.yaml"}):
+    for name in sorted(RUN_UNCHANGED - {"train_full/qwen3_full_sft.yaml", "train_lora/qwen3_lora_sft_ds3.yaml",
+                                        "extras/nlg_eval/llama3_lora_predict.yaml"}):
         raw = read_yaml(root / "examples" / name)
         plan = ftkit.plan({**raw, "model_name_or_path": "tiny", "output_dir": str(workdir / name)})
         summary = plan.summary()
@@ -240,3 +244,43 @@ def test_eval_dataset_is_evaluated_on(workdir):
     assert len(plan.data.eval) == 2 and plan.data.stats.examples == 282  # all of demo trains; the seed's 2 evaluate
     with pytest.raises(ConfigError, match="eval_dataset and val_size: evaluate on .* or hold out"):
         ftkit.plan(base_config(workdir / "run", eval_dataset="demo", val_size=0.1))
+
+
+
+def test_scores_are_llama_factorys():
+    """BLEU-4 on characters (nltk, smoothing 3) and ROUGE F1 on jieba words, x100 and averaged: an exact answer
+    scores 100, an empty one 0, a half-right one in between, computed here from the same libraries."""
+    from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
+
+    from ftkit.predicting import scores
+
+    assert scores(["巴黎现在22度。"], ["巴黎现在22度。"]) == {"bleu-4": 100.0, "rouge-1": 100.0, "rouge-2": 100.0,
+                                                          "rouge-l": 100.0}
+    assert scores([""], ["x"]) == {"bleu-4": 0.0, "rouge-1": 0.0, "rouge-2": 0.0, "rouge-l": 0.0}
+    half = scores(["Hello there"], ["Hello friend"])
+    bleu = sentence_bleu([list("Hello friend")], list("Hello there"), smoothing_function=SmoothingFunction().method3)
+    assert half["rouge-1"] == 50.0 and half["rouge-2"] == 0.0 and half["bleu-4"] == round(100 * bleu, 4)
+
+
+@pytest.mark.slow
+def test_llama_factorys_predict_file_answers_and_scores(workdir, monkeypatch):
+    """Its nlg_eval predict file (do_predict, predict_with_generate, eval_dataset) after a short training: answers
+    and scores written under LLaMA-Factory's file names."""
+    import json
+
+    from ftkit.cli import main
+
+    root = llama_factory()
+    monkeypatch.chdir(root)
+    run, out = workdir / "sft", workdir / "predict"
+    assert main(["train", "examples/train_lora/qwen3_lora_sft.yaml", "model_name_or_path=tiny", f"output_dir={run}",
+                 "max_steps=2", "bf16=false", "max_samples=16"]) == 0
+    assert main(["train", "examples/extras/nlg_eval/llama3_lora_predict.yaml", "model_name_or_path=tiny",
+                 f"adapter_name_or_path={run}", "template=qwen3_nothink", f"output_dir={out}", "max_samples=3",
+                 "max_new_tokens=12"]) == 0
+    rows = [json.loads(line) for line in (out / "generated_predictions.jsonl").read_text().splitlines()]
+    assert len(rows) == 6 and all(set(r) == {"prompt", "predict", "label"} for r in rows)  # 3 from each dataset
+    assert rows[0]["prompt"].endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
+    metrics = json.loads((out / "predict_results.json").read_text())
+    assert {"predict_bleu-4", "predict_rouge-1", "predict_rouge-2", "predict_rouge-l"} <= set(metrics)
+    assert all(0 <= metrics[k] <= 100 for k in metrics if "bleu" in k or "rouge" in k)
