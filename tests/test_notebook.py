@@ -476,3 +476,14 @@ def test_memory_gauge_reads_gpu_figures_when_the_run_reports_them(events):
     assert (panel.memory.value, panel.memory.max, panel.memory.bar_style) == (6144.0, 81559.0, "info")
     panel({**step, "memory_mb": 80000.0})
     assert panel.memory.bar_style == "danger"  # over 90% of the device
+
+
+def test_a_predict_cell_answers_scores_and_binds_the_predictions(ip, workdir):
+    """A %%finetune cell with do_predict (LLaMA-Factory's predict runs) answers eval_dataset in the kernel and
+    shows the scores; the result is bound like a run."""
+    body = yaml.safe_dump({"model_name_or_path": "tiny", "do_predict": True, "eval_dataset": str(DATA / "seed_examples.json"),
+                           "output_dir": str(workdir / "pred"), "max_new_tokens": 8})
+    with capture_output() as cap:
+        result = run_cell(ip, "finetune --name scored", body)
+    assert ip.user_ns["scored"] is result and len(result.rows) == 2
+    assert "bleu-4" in repr(result) and "rouge-l" in cap.stdout and (workdir / "pred/predict_results.json").exists()

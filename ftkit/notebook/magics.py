@@ -71,6 +71,9 @@ class FtkitMagics(Magics):
 
             if args.dry_run:
                 return print(dry_run_text(cfg))
+            if cfg.do_predict:  # a predict run answers and scores eval_dataset in this kernel; nothing trains
+                self.shell.user_ns[args.name] = result = ftkit.predict(cfg)
+                return result
 
             run = run_with_panel(cfg, args.name, args.inline, args.background or awaiting and foreground, args.nproc)
         self.shell.user_ns[args.name] = ftkit.runs[args.name] = run
