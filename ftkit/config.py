@@ -23,6 +23,7 @@ from ftkit.errors import ConfigError
 RUN_CONFIG = "run.yaml"            # in the output folder: reproduces the run
 ADAPTER_CONFIG = "ftkit_run.yaml"  # beside saved weights: lets merge, chat and export find base and template
 FINETUNING_TYPES = ("lora", "full", "freeze")
+MIX_STRATEGIES = ("concat", "interleave_under", "interleave_over")
 FLASH_ATTN = ("auto", "fa2", "sdpa", "eager")
 LORA_INITS = ("gaussian", "pissa", "olora", "corda", "eva", "orthogonal")
 
@@ -53,6 +54,11 @@ class RunConfig:
     dataset_dir: str = _f("data", "Folder holding dataset files and dataset_info.json.")
     formatting: str = _f("auto", "Record shape: auto | conversation | openai | sharegpt | alpaca | moss | chatglm3 | qwen.")
     val_size: float = _f(0.0, "Held-out share (0-1) or number of examples for evaluation.")
+    mix_strategy: str = _f("concat", "How several datasets combine: concat (all of each), interleave_under (drawn "
+                                     "in turn until one runs out), interleave_over (until each has been used up, "
+                                     "repeating the smaller).")
+    interleave_probs: str | list[float] | None = _f(None, "interleave_*: the chance of drawing from each dataset, "
+                                                          "e.g. 0.7,0.3 (default: in turn).")
     eval_dataset: str | None = _f(None, "Dataset(s) to evaluate on instead of holding out part of `dataset`, "
                                         "comma-separated, like `dataset`.")
     max_samples: int | None = _f(None, "Use at most this many examples from each dataset.")
@@ -208,6 +214,12 @@ class RunConfig:
             p.append("max_steps: 0 would train nothing; use a positive number or -1 (use num_train_epochs)")
         if not (0 <= self.val_size < 1 or float(self.val_size).is_integer()):
             p.append(f"val_size: {self.val_size} is neither a share in [0, 1) nor a whole number of examples")
+        if self.mix_strategy not in MIX_STRATEGIES:
+            p.append(f"mix_strategy: {self.mix_strategy!r} is not one of {', '.join(MIX_STRATEGIES)}")
+        probs = self.mix_probs
+        if probs is not None and (len(probs) != len(self.datasets) or abs(sum(probs) - 1) > 1e-6 or min(probs) < 0):
+            p.append(f"interleave_probs: {self.interleave_probs} must give one chance per dataset "
+                     f"({len(self.datasets)}), each at least 0, adding up to 1")
         if self.eval_dataset and self.val_size:
             p.append(f"eval_dataset and val_size: evaluate on {self.eval_dataset} or hold out val_size of the "
                      "training data, not both")
@@ -255,6 +267,16 @@ class RunConfig:
     @property
     def datasets(self) -> list[str]:
         return _names(self.dataset)
+
+    @property
+    def mix_probs(self) -> list[float] | None:
+        if self.interleave_probs is None:
+            return None
+        try:
+            return [float(x) for x in _names(self.interleave_probs)] if isinstance(self.interleave_probs, str) \
+                else [float(x) for x in self.interleave_probs]
+        except ValueError:
+            return []
 
     @property
     def eval_datasets(self) -> list[str]:
@@ -356,8 +378,7 @@ LF_REFUSED = {
 
     **_group("task task_dir batch_size lang n_shot save_dir download_mode", "benchmark evaluation (MMLU, C-Eval)"),
     **_group("eval_num_beams eval_on_each_dataset", "a separate evaluation dataset"),
-    **_group("streaming buffer_size mix_strategy interleave_probs tokenized_path", "streaming, mixing and "
-             "pre-tokenized datasets"),
+    **_group("streaming buffer_size tokenized_path", "streaming and pre-tokenized datasets"),
     **_group("mask_history", "training only the last turn (every answer trains)"),
     **_group("neat_packing block_diag_attn", "neat packing (packing keeps attention within each example already)"),
     **_group("tool_format", "a tool format other than the model's own template's"),

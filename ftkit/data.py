@@ -762,7 +762,7 @@ def dataset_rows(cfg, tokenizer, template, cutoff_len: int, names: list[str] | N
     """Every dataset of a run config (or those `names`) tokenized (one row per conversation, in file order,
     max_samples a file), tokenized once per file and cached."""
     sources = [resolve_dataset(n, cfg.dataset_dir) for n in (cfg.datasets if names is None else names)]
-    rows = []
+    parts = []
     for src in sources:
         fmt = cfg.formatting if cfg.formatting != "auto" else src.formatting
         part = encoded_source(src, fmt, tokenizer, template, cutoff_len, cfg.train_on_prompt, cfg.replace)
@@ -773,8 +773,33 @@ def dataset_rows(cfg, tokenizer, template, cutoff_len: int, names: list[str] | N
             pick = random.Random(cfg.seed)
             n = src.num_samples
             part = pick.sample(part, n) if n <= len(part) else part * (n // len(part)) + pick.sample(part, n % len(part))
-        rows += part[: cfg.max_samples] if cfg.max_samples else part
-    return rows, sources
+        parts.append(part[: cfg.max_samples] if cfg.max_samples else part)
+    if names is None and cfg.mix_strategy != "concat" and len(parts) > 1:
+        return interleave(parts, cfg.mix_probs, cfg.mix_strategy == "interleave_over", cfg.seed), sources
+    return [row for part in parts for row in part], sources
+
+
+def interleave(parts: list[list], probs: list[float] | None, until_all: bool, seed: int) -> list:
+    """Datasets drawn from in turn, as Hugging Face's interleave_datasets does (LLaMA-Factory's mix_strategy):
+    whole rounds until the smallest is used up (interleave_under), or until the largest is, starting the smaller
+    ones again (interleave_over). With `probs`, each draw picks a dataset at random (seeded): until one runs out,
+    or until each has run out once."""
+    if not probs:
+        rounds = max(map(len, parts)) if until_all else min(map(len, parts))
+        return [part[r % len(part)] for r in range(rounds) for part in parts]
+    pick = random.Random(seed)
+    cursors, done, out = [0] * len(parts), [False] * len(parts), []
+    while True:
+        k = pick.choices(range(len(parts)), weights=probs)[0]
+        if cursors[k] == len(parts[k]):
+            if not until_all:
+                return out
+            cursors[k] = 0
+        out.append(parts[k][cursors[k]])
+        cursors[k] += 1
+        done[k] = done[k] or cursors[k] == len(parts[k])
+        if until_all and all(done):
+            return out
 
 
 def prepare(cfg, tokenizer, template) -> Prepared:

@@ -284,3 +284,27 @@ def test_llama_factorys_predict_file_answers_and_scores(workdir, monkeypatch):
     metrics = json.loads((out / "predict_results.json").read_text())
     assert {"predict_bleu-4", "predict_rouge-1", "predict_rouge-2", "predict_rouge-l"} <= set(metrics)
     assert all(0 <= metrics[k] <= 100 for k in metrics if "bleu" in k or "rouge" in k)
+
+
+def test_mix_strategy_interleaves_as_hugging_face_datasets_does(workdir):
+    """LLaMA-Factory mixes datasets with `datasets.interleave_datasets`; the expected lists are that function's
+    docstring examples (huggingface/datasets, src/datasets/combine.py)."""
+    import ftkit
+    from conftest import DATA, base_config
+    from ftkit.data import interleave
+
+    d1, d2, d3 = [0, 1, 2], [10, 11, 12, 13], [20, 21, 22, 23, 24]
+    assert interleave([d1, d2, d3], None, False, 0) == [0, 10, 20, 1, 11, 21, 2, 12, 22]
+    assert interleave([d1, d2, d3], None, True, 0) == [0, 10, 20, 1, 11, 21, 2, 12, 22, 0, 13, 23, 1, 10, 24]
+    drawn = interleave([d1, d2, d3], [0.7, 0.2, 0.1], False, 42)  # random draws until a drawn one is used up
+    assert all(drawn.count(x) == 1 for x in drawn) and any(all(x in drawn for x in d) for d in (d1, d2, d3))
+    over = interleave([d1, d2, d3], [0.7, 0.2, 0.1], True, 42)  # until each has been used up once
+    assert all(x in over for x in d1 + d2 + d3)
+
+    both = f"{DATA / 'seed_examples.json'},demo"  # 2 and 282 conversations
+    plan = ftkit.plan(base_config(workdir / "a", dataset=both, mix_strategy="interleave_under"))
+    assert plan.data.stats.examples == 4  # two whole rounds
+    plan = ftkit.plan(base_config(workdir / "b", dataset=both, mix_strategy="interleave_over"))
+    assert plan.data.stats.examples == 2 * 282
+    with pytest.raises(ConfigError, match="interleave_probs: .* one chance per dataset"):
+        ftkit.plan(base_config(workdir / "c", dataset=both, mix_strategy="interleave_under", interleave_probs="0.5"))
