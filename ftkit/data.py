@@ -263,8 +263,24 @@ def check_messages(msgs: list[dict]) -> str | None:
 
 # ---- files -------------------------------------------------------------------
 
+def data_files(path: Path) -> list[Path]:
+    """A dataset's files: the file itself, or every data file of a folder (LLaMA-Factory's file_name may name a
+    folder), in name order."""
+    if path.is_dir():
+        files = sorted(f for f in path.iterdir() if f.is_file() and f.suffix.lower() in DATA_SUFFIXES)
+        if not files:
+            raise DataError(f"{path}: a folder with no data files ({', '.join(DATA_SUFFIXES)})")
+        return files
+    return [path]
+
+
+DATA_SUFFIXES = (".json", ".jsonl", ".csv", ".parquet")
+
+
 def read_records(path: Path) -> list:
-    """Raw records of a .json, .jsonl, .csv or .parquet file."""
+    """Raw records of a .json, .jsonl, .csv or .parquet file, or of every such file in a folder."""
+    if path.is_dir():
+        return [rec for f in data_files(path) for rec in read_records(f)]
     if not path.is_file():
         raise DataError(f"{path}: no such file")
     suffix = path.suffix.lower()
@@ -431,7 +447,7 @@ def resolve_dataset(name: str, dataset_dir: str | Path = "data") -> Source:
     """A dataset name -> its file: a path, a file in dataset_dir, or a dataset_info.json entry."""
     candidates = [Path(name), Path(dataset_dir) / name]
     for p in candidates:
-        if p.is_file():
+        if p.is_file() or (p.is_dir() and "/" in name):  # a folder of data files, named as a path
             return Source(name, p)
     known = {}
     for d in dict.fromkeys([Path(dataset_dir), bundled_data_dir()]):
@@ -699,7 +715,8 @@ def _fingerprint(path: Path, tokenizer, template, cutoff_len: int, train_on_prom
         return None
     h = hashlib.sha256()
     code = b"".join((Path(__file__).parent / f).read_bytes() for f in ("data.py", "templates.py"))  # how rows are made
-    for part in (ftkit.__version__, code, path.read_bytes(), backend.to_str(), template.jinja(), repr(template.stop),
+    content = b"".join(f.name.encode() + b"\0" + f.read_bytes() for f in data_files(path))
+    for part in (ftkit.__version__, code, content, backend.to_str(), template.jinja(), repr(template.stop),
                  repr(getattr(template, "kwargs", None)),
                  repr((cutoff_len, train_on_prompt, fmt, columns))):
         h.update(part if isinstance(part, bytes) else part.encode())

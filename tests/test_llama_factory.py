@@ -308,3 +308,23 @@ def test_mix_strategy_interleaves_as_hugging_face_datasets_does(workdir):
     assert plan.data.stats.examples == 2 * 282
     with pytest.raises(ConfigError, match="interleave_probs: .* one chance per dataset"):
         ftkit.plan(base_config(workdir / "c", dataset=both, mix_strategy="interleave_under", interleave_probs="0.5"))
+
+
+def test_a_dataset_may_be_a_folder_of_files(workdir):
+    """dataset_info.json's file_name may name a folder: every data file in it, in name order (as LLaMA-Factory
+    loads a folder); a folder path works as a dataset too."""
+    import json
+    import shutil
+
+    import ftkit
+    from conftest import DATA, base_config
+
+    (workdir / "parts").mkdir()
+    shutil.copy(DATA / "seed_examples.json", workdir / "parts" / "a.json")
+    more = [{"conversation": [{"role": "user", "content": f"Q{i}?"}, {"role": "assistant", "content": f"A{i}."}]}
+            for i in range(3)]
+    (workdir / "parts" / "b.jsonl").write_text("".join(json.dumps(r) + "\n" for r in more))
+    (workdir / "dataset_info.json").write_text(json.dumps({"both": {"file_name": "parts"}}))
+    by_name = ftkit.plan(base_config(workdir / "r1", dataset="both", dataset_dir=str(workdir)))
+    by_path = ftkit.plan(base_config(workdir / "r2", dataset=str(workdir / "parts")))
+    assert by_name.data.stats.examples == by_path.data.stats.examples == 2 + 3
