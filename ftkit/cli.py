@@ -283,8 +283,13 @@ def main(argv: list[str] | None = None) -> int:
               "  demo     the whole loop on the embedded tiny model, offline, in a few minutes")
         return 0 if not argv or argv[0] in ("-h", "--help") else 2
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    from ftkit.errors import Tokenized
+
     try:
         return COMMANDS[argv[0]](argv[1:])
+    except Tokenized as e:  # a preprocessing run (tokenized_path): done, not failed
+        print(f"ftkit {argv[0]}: {e}")
+        return 0
     except FtkitError as e:
         if debug:
             raise

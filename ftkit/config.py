@@ -59,6 +59,9 @@ class RunConfig:
                                      "repeating the smaller).")
     interleave_probs: str | list[float] | None = _f(None, "interleave_*: the chance of drawing from each dataset, "
                                                           "e.g. 0.7,0.3 (default: in turn).")
+    tokenized_path: str | None = _f(None, "A folder for the tokenized data: a run that finds it empty tokenizes, "
+                                          "saves there and stops; later runs train from it (LLaMA-Factory's "
+                                          "preprocessing runs).")
     eval_dataset: str | None = _f(None, "Dataset(s) to evaluate on instead of holding out part of `dataset`, "
                                         "comma-separated, like `dataset`.")
     max_samples: int | None = _f(None, "Use at most this many examples from each dataset.")
@@ -183,7 +186,7 @@ class RunConfig:
             if not self.predict_with_generate:
                 p.append("predict_with_generate: false asks for a predict run without generation (loss only), which "
                          "ftkit does not do; remove it")
-        elif not self.dataset:
+        elif not self.dataset and not self.tokenized_path:
             p.append("dataset: missing; name a file (data/demo_zh_en.json) or a dataset_info.json entry (demo)")
         if self.stage != "sft":
             p.append(f"stage: {self.stage!r} is not supported; ftkit does supervised fine-tuning, stage: sft")
@@ -378,7 +381,7 @@ LF_REFUSED = {
 
     **_group("task task_dir batch_size lang n_shot save_dir download_mode", "benchmark evaluation (MMLU, C-Eval)"),
     **_group("eval_num_beams eval_on_each_dataset", "a separate evaluation dataset"),
-    **_group("streaming buffer_size tokenized_path", "streaming and pre-tokenized datasets"),
+    **_group("streaming buffer_size", "streaming datasets"),
     **_group("mask_history", "training only the last turn (every answer trains)"),
     **_group("neat_packing block_diag_attn", "neat packing (packing keeps attention within each example already)"),
     **_group("tool_format", "a tool format other than the model's own template's"),

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from ftkit.errors import ConfigError, DataError
+from ftkit.errors import ConfigError, DataError, Tokenized
 from ftkit.templates import single_token_ids
 
 ROLES = ("system", "user", "assistant", "tool")
@@ -819,8 +819,60 @@ def interleave(parts: list[list], probs: list[float] | None, until_all: bool, se
             return out
 
 
-def prepare(cfg, tokenizer, template) -> Prepared:
-    """Load every dataset of a run config, split, tokenize; refuses unusable data."""
+TOKENIZED = "ftkit_tokenized.json"  # in a tokenized_path folder: what the rows were made with
+
+
+def _tokenized_key(cfg, tokenizer, template) -> dict:
+    import hashlib
+
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    vocab = backend.to_str() if backend is not None else repr(sorted(tokenizer.get_vocab().items()))
+    digest = lambda s: hashlib.sha256(s.encode()).hexdigest()[:16]  # noqa: E731
+    return {"tokenizer": digest(vocab), "template": digest(template.jinja() + repr(template.stop)),
+            "cutoff_len": cfg.cutoff_len, "train_on_prompt": cfg.train_on_prompt}
+
+
+def tokenized(cfg, tokenizer, template) -> Prepared:
+    """A tokenized_path folder's rows, checked against this run's tokenizer, template and cutoff; or, when the
+    folder holds none yet, the run's data tokenized and saved there, then `Tokenized` raised (the run stops)."""
+    folder = Path(cfg.tokenized_path)
+    key = _tokenized_key(cfg, tokenizer, template)
+    if (folder / TOKENIZED).exists():
+        saved = json.loads((folder / TOKENIZED).read_text(encoding="utf-8"))
+        if saved != key:
+            changed = ", ".join(k for k in key if saved.get(k) != key[k])
+            raise DataError(f"tokenized_path: {folder} was tokenized with another {changed}; use a new "
+                            "tokenized_path (or empty this one) to tokenize again")
+        train, stats = collect(_read_rows(folder / "train.arrow"))
+        evals, _ = collect(_read_rows(folder / "eval.arrow")) if (folder / "eval.arrow").exists() else ([], None)
+        return Prepared(train, evals, stats, [])
+    if folder.exists() and any(folder.iterdir()):
+        raise DataError(f"tokenized_path: {folder} holds other files; name a new or empty folder")
+    prepared = prepare(cfg, tokenizer, template, use_tokenized=False)
+    from ftkit.folders import partial_dir, replace_dir
+
+    eot_ids = set(single_token_ids(tokenizer, template.stop))
+
+    def rows(examples):  # collect() keeps ids and labels; the rest of a row as a cache row has it
+        return [{**e, "cut": KEPT, "eot": any(label in eot_ids for label in e["labels"]), "lost": False, "holes": ""}
+                for e in examples]
+
+    tmp = partial_dir(folder)
+    tmp.mkdir(parents=True, exist_ok=True)
+    _write_rows(rows(prepared.train), tmp / "train.arrow")
+    if prepared.eval:
+        _write_rows(rows(prepared.eval), tmp / "eval.arrow")
+    (tmp / TOKENIZED).write_text(json.dumps(key, indent=1) + "\n", encoding="utf-8")
+    replace_dir(tmp, folder)
+    raise Tokenized(f"tokenized {prepared.stats.examples:,} examples ({len(prepared.eval):,} held out) into "
+                    f"{folder}; start the run again with tokenized_path: {folder} to train from them")
+
+
+def prepare(cfg, tokenizer, template, use_tokenized: bool = True) -> Prepared:
+    """Load every dataset of a run config, split, tokenize; refuses unusable data. With a tokenized_path, the
+    rows saved there (see `tokenized`)."""
+    if cfg.tokenized_path and use_tokenized:
+        return tokenized(cfg, tokenizer, template)
     rows, sources = dataset_rows(cfg, tokenizer, template, cfg.cutoff_len)
     random.Random(cfg.seed).shuffle(rows)
     n_eval = int(cfg.val_size) if cfg.val_size >= 1 else round(len(rows) * cfg.val_size)

@@ -33,5 +33,10 @@ class ModelError(FtkitError):
     """A model, tokenizer or adapter cannot be loaded or used as asked."""
 
 
+class Tokenized(FtkitError):
+    """Not a failure: a run with a new `tokenized_path` saved its tokenized data there and stopped, as
+    LLaMA-Factory's preprocessing runs do; the next run with that path trains from it."""
+
+
 class RunError(FtkitError):
     """A training process ended without finishing (crash, out of memory, killed)."""

@@ -19,6 +19,7 @@ RUN_UNCHANGED = {
     "train_qlora/llama3_lora_sft_awq.yaml", "train_qlora/llama3_lora_sft_gptq.yaml",
     "train_qlora/llama3_lora_sft_aqlm.yaml",
     "extras/nlg_eval/llama3_lora_predict.yaml",  # a predict run (do_predict): answers and scores eval_dataset
+    "train_lora/qwen3_preprocess.yaml",  # tokenized_path: tokenizes, saves and stops; then trains from it
 }
 
 
@@ -84,7 +85,7 @@ def test_example_configs_plan_on_llama_factorys_datasets(workdir, monkeypatch):
     root = llama_factory()
     monkeypatch.chdir(root)
     for name in sorted(RUN_UNCHANGED - {"train_full/qwen3_full_sft.yaml", "train_lora/qwen3_lora_sft_ds3.yaml",
-                                        "extras/nlg_eval/llama3_lora_predict.yaml"}):
+                                        "extras/nlg_eval/llama3_lora_predict.yaml", "train_lora/qwen3_preprocess.yaml"}):
         raw = read_yaml(root / "examples" / name)
         plan = ftkit.plan({**raw, "model_name_or_path": "tiny", "output_dir": str(workdir / name)})
         summary = plan.summary()
@@ -328,3 +329,25 @@ def test_a_dataset_may_be_a_folder_of_files(workdir):
     by_name = ftkit.plan(base_config(workdir / "r1", dataset="both", dataset_dir=str(workdir)))
     by_path = ftkit.plan(base_config(workdir / "r2", dataset=str(workdir / "parts")))
     assert by_name.data.stats.examples == by_path.data.stats.examples == 2 + 3
+
+
+def test_tokenized_path_tokenizes_once_then_trains_from_it(workdir, monkeypatch, capsys):
+    """LLaMA-Factory's preprocess example: a run with a new tokenized_path tokenizes, saves and stops; the same
+    file run again trains from the saved rows; another template is refused rather than misused."""
+    import ftkit
+    from ftkit.cli import main
+
+    root = llama_factory()
+    monkeypatch.chdir(root)
+    folder = workdir / "tok"
+    args = ["train", "examples/train_lora/qwen3_preprocess.yaml", "model_name_or_path=tiny", f"tokenized_path={folder}",
+            f"output_dir={workdir / 'run'}", "max_samples=20"]
+    assert main(args) == 0
+    assert "tokenized 40 examples (0 held out) into" in capsys.readouterr().out and (folder / "train.arrow").exists()
+    plan = ftkit.plan({"model_name_or_path": "tiny", "template": "qwen3_nothink", "tokenized_path": str(folder),
+                       "cutoff_len": 2048, "output_dir": str(workdir / "run")})  # no dataset needed now
+    assert plan.data.stats.examples == 40 and plan.data.stats.eot_trained
+    with pytest.raises(Exception, match="was tokenized with another template"):
+        ftkit.plan({"model_name_or_path": "tiny", "template": "chatml", "tokenized_path": str(folder),
+                    "cutoff_len": 2048, "output_dir": str(workdir / "run")})
+    assert main([*args[:1], *args[1:], "max_steps=1"]) == 0  # the preprocess file itself now trains
