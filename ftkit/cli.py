@@ -16,7 +16,11 @@ def parse_with_yaml(p: argparse.ArgumentParser, argv: list[str]) -> argparse.Nam
         return p.parse_args(argv)
     from ftkit.config import read_yaml
 
-    flags = [f"--{key}={value}" for key, value in read_yaml(Path(argv[0])).items()]
+    raw = read_yaml(Path(argv[0]))
+    if isinstance(raw.get("peft_config"), dict) and "model" in raw:  # LLaMA-Factory's v1 export file
+        raw = {"model_name_or_path": raw["model"], **{k: v for k, v in raw["peft_config"].items() if k != "name"},
+               **{k: v for k, v in raw.items() if k not in ("model", "peft_config")}}
+    flags = [f"--{key}={value}" for key, value in raw.items() if key != "infer_dtype"]
     rest = [a if a.startswith("-") or "=" not in a else f"--{a}" for a in argv[1:]]  # key=value overrides too
     args, unknown = p.parse_known_args(flags + rest)
     if unknown:

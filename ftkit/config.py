@@ -418,13 +418,76 @@ LF_V1_KEYS = {"train_dataset", "peft_config", "micro_batch_size", "dist_config",
               "quant_config", "batching_strategy", "sample_backend", "init_config"}
 
 
+def _from_v1(raw: dict) -> tuple[dict, list[str], list[str]]:
+    """LLaMA-Factory's v1 config (its examples/v1/: model, peft_config, train_dataset, micro_batch_size, ...) in
+    the flat keys: (the config, keys accepted as not needed, problems)."""
+    raw, flat, problems = dict(raw), {}, []
+    if "model" in raw:
+        flat["model_name_or_path"] = raw.pop("model")
+    if raw.pop("model_class", "llm") != "llm":
+        problems.append("model_class: only llm (text) models; vision and audio fine-tuning is not supported yet")
+    peft = raw.pop("peft_config", None) or {}
+    kind = peft.get("name", "full")
+    if kind == "lora":
+        flat["finetuning_type"] = "lora"
+        for theirs, ours in (("r", "lora_rank"), ("lora_alpha", "lora_alpha"), ("lora_dropout", "lora_dropout"),
+                             ("target_modules", "lora_target"), ("adapter_name_or_path", "adapter_name_or_path")):
+            if theirs in peft:
+                flat[ours] = peft[theirs]
+    elif kind == "freeze":
+        flat["finetuning_type"] = "freeze"
+        flat["freeze_trainable_layers"] = peft.get("freeze_trainable_layers", 2)
+        if peft.get("freeze_trainable_modules") not in (None, "all") or peft.get("freeze_extra_modules"):
+            problems.append("peft_config: freeze tuning of named modules is not supported; freeze tuning trains "
+                            "the whole last freeze_trainable_layers layers (freeze_trainable_modules: all)")
+    elif kind == "full":
+        flat["finetuning_type"] = "full"
+    else:
+        problems.append(f"peft_config: name {kind!r} is not supported; use lora or freeze, or leave it out (full)")
+    if "export_dir" in peft:
+        problems.append("peft_config: export_dir makes this an export file: run `ftkit merge FILE`")
+    quant = raw.pop("quant_config", None)
+    if quant:
+        if quant.get("name", "bnb") in ("bnb", "auto") and quant.get("quantization_bit") in (4, 8):
+            flat["quantization_bit"] = quant["quantization_bit"]
+        else:
+            problems.append(f"quant_config: {quant} is not supported; ftkit quantizes with bitsandbytes "
+                            "(name: bnb, quantization_bit: 4 or 8)")
+    kernels = raw.pop("kernel_config", None) or {}
+    if kernels.get("name", "auto") != "auto":
+        problems.append(f"kernel_config: {kernels['name']} kernels are not supported; use name: auto")
+    dist = raw.pop("dist_config", None) or {}
+    if dist.get("name") == "deepspeed" and dist.get("config_file"):
+        flat["deepspeed"] = dist["config_file"]
+    elif dist.get("cp_mode") or (dist.get("cp_size") or 1) > 1:
+        problems.append("dist_config: context parallelism (cp_mode, cp_size) is not supported")
+    strategy = raw.pop("batching_strategy", "normal")
+    if strategy == "padding_free":
+        flat["packing"] = True
+    elif strategy != "normal":
+        problems.append(f"batching_strategy: {strategy} is not supported; use normal or padding_free (packing)")
+    if "train_dataset" in raw:
+        flat["dataset"] = raw.pop("train_dataset")
+    micro = raw.pop("micro_batch_size", None)
+    if micro is not None:
+        flat["per_device_train_batch_size"] = micro
+    if "global_batch_size" in raw:
+        flat["gradient_accumulation_steps"] = max(1, int(raw.pop("global_batch_size")) // int(micro or 1))
+    if raw.get("flash_attn") == "flash_attention2":
+        raw["flash_attn"] = "fa2"
+    accepted = [k for k, given in (("kernel_config", kernels), ("dist_config", dist and "deepspeed" not in flat),
+                                   ("sample_backend", raw.pop("sample_backend", None)),
+                                   ("init_config", raw.pop("init_config", None))) if given]
+    return {**flat, **raw}, accepted, problems  # a flat key given too (a command-line override) wins
+
+
 def llama_factory_keys(raw: dict) -> tuple[dict, list[str], list[str]]:
     """LLaMA-Factory's names in a flat config: (the config in ftkit's keys, the keys accepted as not needed, the
     problems of keys asking for what ftkit lacks)."""
-    v1 = sorted(set(raw) & LF_V1_KEYS)
-    if v1:
-        return {}, [], [f"{', '.join(v1)}: this is LLaMA-Factory's v1 config format (its examples/v1/), not supported "
-                        "yet; write the run in the flat format of its examples/train_lora/"]
+    if set(raw) & LF_V1_KEYS:
+        raw, v1_accepted, v1_problems = _from_v1(raw)
+        out, accepted, problems = llama_factory_keys(raw)
+        return out, v1_accepted + accepted, v1_problems + problems
     out, accepted, problems, refused = {}, [], [], {}
     for key, value in raw.items():
         if key in LF_GENERATION:  # used by predict runs

@@ -26,7 +26,8 @@ ROLES = ("system", "user", "assistant", "tool")
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                   "chatgpt": "assistant", "bard": "assistant", "bing": "assistant", "system": "system",
                   "function_call": "assistant", "observation": "tool"}  # LLaMA-Factory's tool-calling turns
-EXTRA_KEYS = ("reasoning_content", "tool_calls", "tool_call_id", "name")  # kept from OpenAI-style messages
+EXTRA_KEYS = ("reasoning_content", "tool_calls", "tool_call_id", "name", "loss_weight")  # kept from OpenAI-style
+# messages (loss_weight: LLaMA-Factory v1's per-message weight; 0 leaves an answer untrained)
 
 
 class Conversation(list):
@@ -86,11 +87,28 @@ def _role_content(items, where: str) -> list[dict]:
     for j, m in enumerate(items):
         if not isinstance(m, dict) or "role" not in m or ("content" not in m and not m.get("tool_calls")):
             raise ValueError(f"{where}[{j}] needs 'role' and 'content'")
-        msg = {"role": m["role"], "content": m.get("content") or ""} | {k: m[k] for k in EXTRA_KEYS if m.get(k)}
+        msg = {"role": m["role"], "content": _text_of(m.get("content"), f"{where}[{j}]")} | \
+            {k: m[k] for k in EXTRA_KEYS if m.get(k) is not None and (k == "loss_weight" or m.get(k))}
         if msg.get("tool_calls"):
             msg["tool_calls"] = [_openai_call(c, f"{where}[{j}]") for c in msg["tool_calls"]]
         out.append(msg)
     return out
+
+
+def _text_of(content, where: str):
+    """A message's text: a string, or a list of parts ({type: text, text | value}, as OpenAI's and LLaMA-Factory
+    v1's data write it), joined."""
+    if not isinstance(content, list):
+        return content or ""
+    texts = []
+    for part in content:
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind != "text":
+            what = kind or type(part).__name__
+            raise ValueError(f"{where}: {'an' if what[0] in 'aeiou' else 'a'} {what} part; only text parts train "
+                             "(vision and audio fine-tuning is not supported yet)")
+        texts.append(part.get("text", part.get("value", "")))
+    return "".join(texts)
 
 
 def _openai_call(call, where: str) -> dict:
@@ -238,6 +256,12 @@ def check_messages(msgs: list[dict]) -> str | None:
             return f"message {j} ({m['role']}): content must be text, got {type(m['content']).__name__}"
         if not isinstance(m.get("reasoning_content", ""), str):
             return f"message {j}: reasoning_content must be text"
+        weight = m.get("loss_weight", 1.0 if m["role"] == "assistant" else 0.0)
+        if not isinstance(weight, (int, float)) or weight not in (0, 1):
+            return f"message {j}: loss_weight must be 0 or 1, got {weight!r}"
+        if weight and m["role"] != "assistant":
+            return (f"message {j} ({m['role']}): loss_weight 1 trains a {m['role']} turn; only answers train "
+                    "(train_on_prompt: true trains everything)")
         if m["role"] == "system" and j:
             return f"message {j}: a system message may only come first"
     start = 1 if msgs[0]["role"] == "system" else 0
@@ -443,6 +467,43 @@ class Source:
     placeholders: list = field(default_factory=list)  # {{names}} left unfilled in its texts, once tokenized
 
 
+def resolve_datasets(names: list[str], dataset_dir: str | Path = "data") -> list[Source]:
+    """Each name's Source; a `.yaml` file of datasets (LLaMA-Factory v1's train_dataset) stands for its entries."""
+    sources = []
+    for name in names:
+        spec = Path(name)
+        if spec.suffix in (".yaml", ".yml") and spec.is_file():
+            sources += _v1_dataset_file(spec)
+        else:
+            sources.append(resolve_dataset(name, dataset_dir))
+    return sources
+
+
+_V1_CONVERTERS = {None: "auto", "alpaca": "alpaca", "sharegpt": "sharegpt", "openai": "openai"}
+
+
+def _v1_dataset_file(spec: Path) -> list[Source]:
+    """LLaMA-Factory v1's dataset file: {name: {path, source: local, converter, size}}; paths from the working
+    folder, as it reads them."""
+    import yaml
+
+    entries = yaml.safe_load(spec.read_text(encoding="utf-8")) or {}
+    if not isinstance(entries, dict):
+        raise DataError(f"{spec}: expected a mapping of dataset names to {{path, source, converter, size}}")
+    sources = []
+    for name, e in entries.items():
+        if not isinstance(e, dict) or "path" not in e:
+            raise DataError(f"{spec}: {name}: needs a path")
+        if e.get("source", "local") != "local":
+            raise DataError(f"{spec}: {name}: source {e['source']!r} is not supported; download it and use source: "
+                            "local")
+        if e.get("converter") not in _V1_CONVERTERS:
+            raise DataError(f"{spec}: {name}: converter {e['converter']!r} is not one of "
+                            f"{', '.join(str(c) for c in _V1_CONVERTERS if c)}")
+        sources.append(Source(name, Path(e["path"]), _V1_CONVERTERS[e.get("converter")], num_samples=e.get("size")))
+    return sources
+
+
 def resolve_dataset(name: str, dataset_dir: str | Path = "data") -> Source:
     """A dataset name -> its file: a path, a file in dataset_dir, or a dataset_info.json entry."""
     candidates = [Path(name), Path(dataset_dir) / name]
@@ -556,6 +617,9 @@ def encode_rows(conversations, tokenizer, template, cutoff_len: int, train_on_pr
     eot_ids = set(single_token_ids(tokenizer, template.stop))
     rows = []
     for c, r, ids, offsets in zip(conversations, rendered, enc["input_ids"], enc["offset_mapping"], strict=True):
+        weights = [m.get("loss_weight", 1) for m in c if m["role"] == "assistant"]
+        if 0 in weights:  # answers weighted 0 stay untrained (one span per answer, then a closing suffix if any)
+            r = type(r)(r.text, [s for s, w in zip(r.spans, weights) if w] + r.spans[len(weights):])
         ids, trained, cut = truncate(ids, trained_tokens(r.spans, offsets, train_on_prompt), cutoff_len,
                                      train_on_prompt)
         labels = [t if keep else IGNORE for t, keep in zip(ids, trained, strict=True)]
@@ -778,7 +842,7 @@ def dataset_rows(cfg, tokenizer, template, cutoff_len: int, names: list[str] | N
                  ) -> tuple[list[dict], list[Source]]:
     """Every dataset of a run config (or those `names`) tokenized (one row per conversation, in file order,
     max_samples a file), tokenized once per file and cached."""
-    sources = [resolve_dataset(n, cfg.dataset_dir) for n in (cfg.datasets if names is None else names)]
+    sources = resolve_datasets(cfg.datasets if names is None else names, cfg.dataset_dir)
     parts = []
     for src in sources:
         fmt = cfg.formatting if cfg.formatting != "auto" else src.formatting

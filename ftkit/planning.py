@@ -102,14 +102,14 @@ def check_run(cfg: RunConfig) -> None:
     """What can be checked without loading weights, reported at once: model folder, datasets, template name,
     device, output folder."""
     from ftkit import model as M
-    from ftkit.data import resolve_dataset
+    from ftkit.data import resolve_datasets
     from ftkit.errors import FtkitError
     from ftkit.templates import check_template_name
 
     problems = []
     for check in [lambda: M.resolve(cfg.model_name_or_path),
                   lambda: cfg.tokenizer_name_or_path and M.resolve(cfg.tokenizer_name_or_path),
-                  *[lambda name=name: resolve_dataset(name, cfg.dataset_dir)
+                  *[lambda name=name: resolve_datasets([name], cfg.dataset_dir)
                     for name in cfg.datasets + cfg.eval_datasets]]:
         try:
             check()

@@ -71,8 +71,7 @@ def predict(config, console: bool = True) -> Predictions:
     net, tokenizer, template = generation.load(cfg.model_name_or_path, cfg.adapter_name_or_path,
                                                None if cfg.template == "auto" else cfg.template)
     conversations = []
-    for name in cfg.eval_datasets:
-        src = data.resolve_dataset(name, cfg.dataset_dir)
+    for src in data.resolve_datasets(cfg.eval_datasets, cfg.dataset_dir):
         convs = data.load_conversations(src.path, src.formatting, src.columns, src.tags)
         convs = data.fill_placeholders(convs, cfg.replace)
         conversations += convs[: cfg.max_samples] if cfg.max_samples else convs

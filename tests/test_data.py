@@ -271,3 +271,23 @@ def test_tool_calling_records_keep_their_tools_through_convert(tmp_path):
         (tmp_path / "bad.json").write_text(json.dumps([rec]))
         with pytest.raises(DataError, match=f"record 0: {re.escape(why)}"):
             load_conversations(tmp_path / "bad.json")
+
+
+def test_content_parts_and_loss_weight(tmp_path, tiny_tokenizer):
+    """Messages whose content is a list of text parts (OpenAI's and LLaMA-Factory v1's shape) read as their text;
+    an answer with loss_weight 0 stays untrained; media parts and a trained user turn are refused by name."""
+    parts = lambda t: [{"type": "text", "value": t}]  # noqa: E731
+    rec = {"messages": [{"role": "user", "content": parts("Hi"), "loss_weight": 0.0},
+                        {"role": "assistant", "content": parts("Hello!"), "loss_weight": 0.0},
+                        {"role": "user", "content": [{"type": "text", "text": "2+2?"}]},
+                        {"role": "assistant", "content": parts("4"), "loss_weight": 1.0}]}
+    (tmp_path / "v1.jsonl").write_text(json.dumps(rec) + "\n")
+    (conv,) = load_conversations(tmp_path / "v1.jsonl")
+    assert [m["content"] for m in conv] == ["Hi", "Hello!", "2+2?", "4"]
+    (row,), _ = encode([conv], tiny_tokenizer, get_template("auto", tiny_tokenizer), 1024)
+    assert labelled_text(tiny_tokenizer, row) == "4<|im_end|>"
+    for bad, why in [({"role": "user", "content": [{"type": "image", "image": "x.png"}]}, "an image part"),
+                     ({"role": "user", "content": "Hi", "loss_weight": 1.0}, "loss_weight 1 trains a user turn")]:
+        (tmp_path / "bad.jsonl").write_text(json.dumps({"messages": [bad, rec["messages"][3]]}) + "\n")
+        with pytest.raises(DataError, match=why):
+            load_conversations(tmp_path / "bad.jsonl")
