@@ -381,3 +381,18 @@ def test_v1_configs_and_their_dataset_file_train(workdir, monkeypatch):
     assert main(["merge", "examples/v1/train_lora/export_lora.yaml", "model_name_or_path=tiny",  # its v1 export file
                  f"adapter_name_or_path={run.output_dir}", f"export_dir={workdir / 'merged'}"]) == 0
     assert (workdir / "merged" / "config.json").exists()
+
+
+def test_hub_datasets_load_through_datasets_or_say_why(workdir):
+    """A dataset_info.json entry with hf_hub_url is loaded by the `datasets` package; without the package (or the
+    network, here) the run stops at one line naming the dataset, the URL and what to do."""
+    import importlib.util
+    import json
+
+    import ftkit
+    from conftest import base_config
+
+    (workdir / "dataset_info.json").write_text(json.dumps({"hub": {"hf_hub_url": "llamafactory/alpaca_en"}}))
+    why = "pip install datasets" if importlib.util.find_spec("datasets") is None else "cannot load llamafactory/alpaca_en"
+    with pytest.raises(Exception, match=f"dataset hub: .*{why}"):
+        ftkit.plan(base_config(workdir / "run", dataset="hub", dataset_dir=str(workdir)))
