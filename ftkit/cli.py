@@ -31,7 +31,7 @@ def parse_with_yaml(p: argparse.ArgumentParser, argv: list[str]) -> argparse.Nam
 
 
 def cmd_train(argv: list[str]) -> int:
-    from ftkit.config import RunConfig, help_text, parse_overrides
+    from ftkit.config import help_text, parse_overrides
 
     if "-h" in argv or "--help" in argv:
         print("usage: ftkit train [CONFIG.yaml] [key=value | --key value ...] [--dry-run] [--nproc N]\n\n"
@@ -54,7 +54,9 @@ def cmd_train(argv: list[str]) -> int:
     source, rest = ({}, argv)
     if argv and not argv[0].startswith("--") and "=" not in argv[0]:
         source, rest = Path(argv[0]), argv[1:]
-    cfg = RunConfig.from_any(source, parse_overrides(_group_replace(rest)))
+    from ftkit.planning import load_config
+
+    cfg = load_config(source, parse_overrides(_group_replace(rest)))
     import ftkit
 
     if cfg.do_predict:  # LLaMA-Factory's predict files: answer and score eval_dataset, no training

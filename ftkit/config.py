@@ -173,7 +173,9 @@ class RunConfig:
         cfg = cls(**values, extra=extra, accepted=accepted)
         problems += cfg.check()
         if problems:
-            raise ConfigError(problems, title="invalid run config")
+            error = ConfigError(problems, title="invalid run config")
+            error.partial = cfg  # the keys that were fine: lets the file checks run too, so all is said at once
+            raise error
         return cfg
 
     # ---- checks (no weights, no files) -----------------------------------

@@ -56,7 +56,7 @@ class Plan:
 @quiet()
 def plan(config) -> Plan:
     """Check, tokenize and size a run without loading weights; refuses runs that cannot learn or cannot fit."""
-    cfg = config if isinstance(config, RunConfig) else RunConfig.from_any(config)
+    cfg = load_config(config)
     check_run(cfg)
     from ftkit import data, memory, model as M, templates
 
@@ -96,6 +96,25 @@ def plan(config) -> Plan:
     max_steps = cfg.max_steps if cfg.max_steps > 0 else math.ceil(updates * cfg.num_train_epochs)
     args = training_arguments(cfg, max_steps, evaluate=bool(prepared.eval))
     return Plan(cfg, model_path, tokenizer, template, prepared, counts, max_steps, estimate, budget, args, note)
+
+
+def load_config(source, overrides=None) -> RunConfig:
+    """A RunConfig from a config, dict or YAML path (plus overrides), with every problem in one error: the keys'
+    and, for the keys that were fine, the files' (model folder, datasets, template, DeepSpeed file, output)."""
+    if isinstance(source, RunConfig) and not overrides:
+        return source
+    try:
+        return RunConfig.from_any(source, overrides)
+    except ConfigError as e:
+        partial = getattr(e, "partial", None)
+        if partial is None:
+            raise
+        try:
+            check_run(partial)
+        except ConfigError as files:
+            problems = list(dict.fromkeys(e.problems + files.problems))
+            raise ConfigError(problems, title="invalid run config") from None
+        raise
 
 
 def check_run(cfg: RunConfig) -> None:

@@ -396,3 +396,17 @@ def test_hub_datasets_load_through_datasets_or_say_why(workdir):
     why = "pip install datasets" if importlib.util.find_spec("datasets") is None else "cannot load llamafactory/alpaca_en"
     with pytest.raises(Exception, match=f"dataset hub: .*{why}"):
         ftkit.plan(base_config(workdir / "run", dataset="hub", dataset_dir=str(workdir)))
+
+
+def test_every_problem_of_a_file_is_said_at_once(workdir):
+    """A file with wrong keys, a missing dataset and an unknown template gets one error listing all of them, not
+    a round per kind (keys first, files next)."""
+    import ftkit
+
+    with pytest.raises(ConfigError) as e:
+        ftkit.plan({"model_name_or_path": "tiny", "dataset": "no_such_dataset", "template": "llama-3",
+                    "use_galore": True, "lora_rnak": 8, "output_dir": str(workdir / "run")})
+    said = "\n".join(e.value.problems)
+    for part in ("use_galore: ftkit does not support GaLore", "lora_rnak: unknown key; did you mean lora_rank",
+                 "dataset: 'no_such_dataset' is neither a file", "template: 'llama-3' is not a known template"):
+        assert part in said, said

@@ -63,10 +63,12 @@ class FtkitMagics(Magics):
         """Fine-tune as the YAML cell body says (the `ftkit train` schema); `{var}` takes a notebook variable."""
         args = parse_argstring(self.finetune, line)
         foreground = not (args.inline or args.background or args.dry_run)
-        from ftkit.config import RunConfig, parse_yaml
+        from ftkit.config import parse_yaml
 
         with people_errors(args.debug):
-            cfg = RunConfig.from_any(parse_yaml(fill(cell, self.shell.user_ns), where="%%finetune cell") or {})
+            from ftkit.planning import load_config
+
+            cfg = load_config(parse_yaml(fill(cell, self.shell.user_ns), where="%%finetune cell") or {})
             from ftkit.notebook.live import dry_run_text, run_with_panel
 
             if args.dry_run:
