@@ -13,7 +13,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ftkit.config import RunConfig
 from ftkit.errors import ConfigError
 from ftkit.folders import write_atomic
 from ftkit.model import quiet
@@ -45,16 +44,19 @@ def scores(predictions: list[str], references: list[str]) -> dict[str, float]:
         raise ConfigError("do_predict: scoring needs jieba, nltk and rouge-chinese: pip install 'ftkit[predict]'") \
             from None
     jieba.setLogLevel(60)  # its dictionary-loading chatter
-    totals = {"bleu-4": 0.0, "rouge-1": 0.0, "rouge-2": 0.0, "rouge-l": 0.0}
+    # per answer, rounded, then the mean: llamafactory 0.9.5, src/llamafactory/train/sft/metric.py ComputeSimilarity
+    per = {"rouge-1": [], "rouge-2": [], "rouge-l": [], "bleu-4": []}
     for pred, label in zip(predictions, references, strict=True):
         hypothesis, reference = list(jieba.cut(pred)), list(jieba.cut(label))
         if " ".join(hypothesis).split() and " ".join(reference).split():
             rouge = Rouge().get_scores(" ".join(hypothesis), " ".join(reference))[0]
-            for k in ("rouge-1", "rouge-2", "rouge-l"):
-                totals[k] += rouge[k]["f"]
-        totals["bleu-4"] += sentence_bleu([list(label)], list(pred), smoothing_function=SmoothingFunction().method3)
-    n = max(len(predictions), 1)
-    return {k: round(100 * v / n, 4) for k, v in totals.items()}
+        else:
+            rouge = {k: {"f": 0.0} for k in ("rouge-1", "rouge-2", "rouge-l")}
+        for k in ("rouge-1", "rouge-2", "rouge-l"):
+            per[k].append(round(rouge[k]["f"] * 100, 4))
+        bleu = sentence_bleu([list(label)], list(pred), smoothing_function=SmoothingFunction().method3)
+        per["bleu-4"].append(round(bleu * 100, 4))
+    return {k: sum(v) / len(v) if v else 0.0 for k, v in per.items()}
 
 
 @quiet()
@@ -62,7 +64,9 @@ def predict(config, console: bool = True) -> Predictions:
     """Answer and score `eval_dataset` as `config` (RunConfig, dict or YAML path) says."""
     from ftkit import data, generation
 
-    cfg = config if isinstance(config, RunConfig) else RunConfig.from_any(config)
+    from ftkit.planning import load_config
+
+    cfg = load_config(config)
     out = cfg.run_dir
     sampling = {k: cfg.generation[k] for k in GENERATION_KEYS if k in cfg.generation}
     if sampling.get("do_sample") is False or not sampling.get("temperature"):
@@ -72,8 +76,7 @@ def predict(config, console: bool = True) -> Predictions:
                                                None if cfg.template == "auto" else cfg.template)
     conversations = []
     for src in data.resolve_datasets(cfg.eval_datasets, cfg.dataset_dir):
-        convs = data.load_conversations(src.path, src.formatting, src.columns, src.tags)
-        convs = data.fill_placeholders(convs, cfg.replace)
+        convs = data.source_conversations(src, cfg)
         conversations += convs[: cfg.max_samples] if cfg.max_samples else convs
     rows, start = [], time.time()
     for i, conv in enumerate(conversations, 1):
