@@ -4,16 +4,13 @@ follows `[/INST]` after a space, and each answer with its `</s>` is what is trai
 import pytest
 
 import ftkit
+from conftest import CONVERSATIONS as SHARED
 from real import mistral_v3
 
-CONVERSATIONS = {
-    "one turn": [{"role": "user", "content": "What is LoRA?"}, {"role": "assistant", "content": "Low-rank adapters."}],
-    "system, two turns": [{"role": "system", "content": "Be brief."},
-                          {"role": "user", "content": "Hi there"}, {"role": "assistant", "content": "Hello friend."},
-                          {"role": "user", "content": "什么是LoRA？"}, {"role": "assistant", "content": "低秩适配。"}],
-    "two turns": [{"role": "user", "content": "Hi there"}, {"role": "assistant", "content": "Hello friend."},
-                  {"role": "user", "content": "And LoRA?"}, {"role": "assistant", "content": "Small matrices."}],
-}
+CONVERSATIONS = {**SHARED, "system, Chinese": [  # the conversations every template is checked on, and Chinese
+    {"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there"},
+    {"role": "assistant", "content": "Hello friend."}, {"role": "user", "content": "什么是LoRA？"},
+    {"role": "assistant", "content": "低秩适配。"}]}
 
 
 def reference_ids(reference, messages) -> list[int]:
