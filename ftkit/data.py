@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from ftkit.errors import ConfigError, DataError, Tokenized
-from ftkit.templates import single_token_ids
+from ftkit.errors import DataError, Tokenized
+from ftkit.templates import single_token_ids, split_reasoning
 
 ROLES = ("system", "user", "assistant", "tool")
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
@@ -554,6 +554,16 @@ def _entry_source(name: str, folder: Path, entry: dict) -> Source:
     raise DataError(f"{folder / 'dataset_info.json'}: entry {name!r} has no file_name (nor hf_hub_url)")
 
 
+def source_conversations(src: Source, cfg=None, fmt: str | None = None, replace: dict | None = None) -> list:
+    """A dataset's conversations, as training and predict runs read them: its file (or Hub records), in the run's
+    `formatting` unless auto (else the dataset's), placeholders filled from the run's `replace`."""
+    if cfg is not None:
+        fmt, replace = (cfg.formatting if cfg.formatting != "auto" else src.formatting), cfg.replace
+    records = hub_records(src) if src.hub else None
+    return fill_placeholders(load_conversations(src.path, fmt or src.formatting, src.columns, src.tags, records),
+                             replace)
+
+
 def hub_records(src: Source) -> list[dict]:
     """A Hub dataset's records, loaded by the `datasets` library (it caches them; offline it needs that cache)."""
     try:
@@ -612,14 +622,11 @@ def encode_rows(conversations, tokenizer, template, cutoff_len: int, train_on_pr
     """One row per conversation: input_ids, labels, what the cutoff did (`cut`), whether end-of-turn is trained."""
     if not conversations:
         return []
-    rendered = [template.render(c, tools=getattr(c, "tools", None)) for c in conversations]
+    rendered = [weighted(c, template.render(c, tools=getattr(c, "tools", None))) for c in conversations]
     enc = tokenizer([r.text for r in rendered], add_special_tokens=False, return_offsets_mapping=True)
     eot_ids = set(single_token_ids(tokenizer, template.stop))
     rows = []
     for c, r, ids, offsets in zip(conversations, rendered, enc["input_ids"], enc["offset_mapping"], strict=True):
-        weights = [m.get("loss_weight", 1) for m in c if m["role"] == "assistant"]
-        if 0 in weights:  # answers weighted 0 stay untrained (one span per answer, then a closing suffix if any)
-            r = type(r)(r.text, [s for s, w in zip(r.spans, weights) if w] + r.spans[len(weights):])
         ids, trained, cut = truncate(ids, trained_tokens(r.spans, offsets, train_on_prompt), cutoff_len,
                                      train_on_prompt)
         labels = [t if keep else IGNORE for t, keep in zip(ids, trained, strict=True)]
@@ -632,6 +639,16 @@ def encode_rows(conversations, tokenizer, template, cutoff_len: int, train_on_pr
         rows.append({"input_ids": ids, "labels": labels, "cut": cut, "eot": eot, "lost": reasoning_lost(c, r.text),
                      "holes": ",".join(sorted(set(PLACEHOLDER.findall(r.text))))})
     return rows
+
+
+def weighted(messages: list[dict], rendered):
+    """The render with the spans of answers weighted 0 (`loss_weight`) dropped: one span per answer, in order,
+    then a closing suffix if the template has one."""
+    weights = [m.get("loss_weight", 1) for m in messages if m["role"] == "assistant"]
+    if 0 not in weights:
+        return rendered
+    return type(rendered)(rendered.text, [s for s, w in zip(rendered.spans, weights) if w]
+                          + rendered.spans[len(weights):])
 
 
 PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}")  # {{name}}: LLaMA-Factory's identity.json leaves these to fill
@@ -654,8 +671,6 @@ def fill_placeholders(conversations: list[list[dict]], values: dict | None) -> l
 def reasoning_lost(messages: list[dict], text: str) -> bool:
     """Whether an answer after the last user turn carries reasoning the rendered text does not hold (the template
     drops it, so it is not trained). Earlier answers losing theirs is how reasoning models' templates show history."""
-    from ftkit.templates import split_reasoning
-
     last_user = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=-1)
     return any((r := split_reasoning(m)[0]) and r not in text
                for m in messages[last_user + 1:] if m["role"] == "assistant")
@@ -693,7 +708,7 @@ def render(messages: list[dict], template: str = "auto", model: str = "tiny", ad
     problem = None if add_generation_prompt else check_messages(messages)
     if problem:
         raise DataError(f"messages: {problem}")
-    r = tmpl.render(messages, add_generation_prompt, tools=tools)
+    r = weighted(messages, tmpl.render(messages, add_generation_prompt, tools=tools))
     enc = tokenizer(r.text, add_special_tokens=False, return_offsets_mapping=True)
     trained = trained_tokens(r.spans, enc["offset_mapping"], train_on_prompt)
     labels = [t if keep else IGNORE for t, keep in zip(enc["input_ids"], trained)]
@@ -799,9 +814,8 @@ def encoded_source(src: Source, fmt: str, tokenizer, template, cutoff_len: int, 
             return _read_rows(root / f"{key}.arrow")
         except Exception:  # noqa: BLE001 - an unreadable cache entry is only a miss
             pass
-    records = hub_records(src) if src.hub else None
-    conversations = fill_placeholders(load_conversations(src.path, fmt, src.columns, src.tags, records), replace)
-    rows = encode_rows(conversations, tokenizer, template, cutoff_len, train_on_prompt)
+    rows = encode_rows(source_conversations(src, fmt=fmt, replace=replace), tokenizer, template, cutoff_len,
+                       train_on_prompt)
     if key:
         try:
             _write_rows(rows, root / f"{key}.arrow")

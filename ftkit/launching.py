@@ -143,7 +143,9 @@ def launch(config, callbacks=(), nproc: int = 1, background: bool = False) -> La
     Returns when the run ends (raising its error if it failed), or at once with `background=True`
     (then `run.wait()` and `run.stop()`).
     """
-    cfg = config if isinstance(config, RunConfig) else RunConfig.from_any(config)  # config errors stay here
+    from ftkit.planning import load_config
+
+    cfg = load_config(config)  # config errors stay here, all at once
     if nproc < 1:
         raise errors.ConfigError(f"nproc: must be at least 1, got {nproc}")
     (cfg.run_dir / STOP_FILE).unlink(missing_ok=True)

@@ -237,6 +237,8 @@ class TokenizerTemplate:
         self.options = dict(options or {})  # template variables of the run (enable_thinking)
         self.kwargs: dict = dict(self.options)
         self.fold_system = False
+        self.specials = sorted((t for t in {*tokenizer.all_special_tokens, *tokenizer.get_added_vocab()} if t),
+                               key=len, reverse=True)  # longest first: a token is matched whole
         self.markers, self.closes_last = self._end_of_turn()
         eos = tokenizer.eos_token
         self.stop = tuple(dict.fromkeys(s for s in (*self.markers, eos) if s))
@@ -271,8 +273,7 @@ class TokenizerTemplate:
         if first < 0 or last < 0:
             raise self._refuse("does not show the answers of a plain conversation")
         after_first, after_last = text[first + len("Hello"):].lstrip(), text[last + len("Ciao"):].strip()
-        specials = sorted((t for t in {*self.tokenizer.all_special_tokens, *self.tokenizer.get_added_vocab()} if t),
-                          key=len, reverse=True)
+        specials = self.specials
 
         def first_token(s: str) -> str:
             return next((t for t in specials if s.startswith(t)), "")
@@ -370,8 +371,7 @@ class TokenizerTemplate:
     def _shared_lead(self, a: str, b: str) -> str:
         """The common start of a and b, cut back to a line end or a special token's end."""
         shared = os.path.commonprefix([a, b])
-        specials = {*self.tokenizer.all_special_tokens, *self.tokenizer.get_added_vocab()}
-        while shared and not (shared.endswith("\n") or any(shared.endswith(t) for t in specials if t)):
+        while shared and not (shared.endswith("\n") or any(shared.endswith(t) for t in self.specials)):
             shared = shared[:-1]
         return shared
 

@@ -20,7 +20,7 @@ from ftkit.config import ADAPTER_CONFIG, RUN_CONFIG, RunConfig
 from ftkit.errors import ConfigError, RunError
 from ftkit.events import ConsoleProgress, Emitter, JsonlLog, LossPlot, RunMetrics
 from ftkit.folders import partial_dir, replace_dir, trained_dir
-from ftkit.planning import Plan, plan
+from ftkit.planning import Plan, load_config, plan
 from ftkit.templates import chat_template_to_save
 
 
@@ -55,17 +55,15 @@ def train(config, callbacks=(), console: bool = True, should_stop=None) -> Run:
     `callbacks` receive the run's events; one returning "stop", `should_stop()` turning true, or a first Ctrl-C
     (SIGINT) ends the run after the current step, a second Ctrl-C at once; either way what was trained is saved.
     """
-    if not isinstance(config, RunConfig):
-        config = RunConfig.from_any(config)
-    if config.do_predict:  # LLaMA-Factory's predict runs come through train as well
+    cfg = load_config(config)  # every problem of a dict or file at once
+    if cfg.do_predict:  # LLaMA-Factory's predict runs come through train as well
         from ftkit.predicting import predict
 
-        return predict(config, console=console)
+        return predict(cfg, console=console)
     import torch
 
     from ftkit import model as M
 
-    cfg = config if isinstance(config, RunConfig) else RunConfig.from_any(config)
     threads = torch.get_num_threads()
     try:
         with M.quiet():

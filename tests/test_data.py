@@ -286,6 +286,9 @@ def test_content_parts_and_loss_weight(tmp_path, tiny_tokenizer):
     assert [m["content"] for m in conv] == ["Hi", "Hello!", "2+2?", "4"]
     (row,), _ = encode([conv], tiny_tokenizer, get_template("auto", tiny_tokenizer), 1024)
     assert labelled_text(tiny_tokenizer, row) == "4<|im_end|>"
+    import ftkit
+
+    assert ftkit.render(conv).labels == row["labels"]  # render shows what training trains, weights included
     for bad, why in [({"role": "user", "content": [{"type": "image", "image": "x.png"}]}, "an image part"),
                      ({"role": "user", "content": "Hi", "loss_weight": 1.0}, "loss_weight 1 trains a user turn")]:
         (tmp_path / "bad.jsonl").write_text(json.dumps({"messages": [bad, rec["messages"][3]]}) + "\n")
