@@ -473,8 +473,12 @@ def _from_v1(raw: dict) -> tuple[dict, list[str], list[str]]:
     micro = raw.pop("micro_batch_size", None)
     if micro is not None:
         flat["per_device_train_batch_size"] = micro
-    if "global_batch_size" in raw:
-        flat["gradient_accumulation_steps"] = max(1, int(raw.pop("global_batch_size")) // int(micro or 1))
+    if "global_batch_size" in raw:  # in one process, micro batches per step (llamafactory 0.9.5, v1
+        whole, part = int(raw.pop("global_batch_size")), int(micro or 1)  # core/utils/batching.py, which refuses a
+        if whole % part:  # global size that micro batches do not divide)
+            problems.append(f"global_batch_size: {whole} is not a multiple of micro_batch_size {part}")
+        else:
+            flat["gradient_accumulation_steps"] = whole // part
     if raw.get("flash_attn") == "flash_attention2":
         raw["flash_attn"] = "fa2"
     accepted = [k for k, given in (("kernel_config", kernels), ("dist_config", dist and "deepspeed" not in flat),

@@ -370,6 +370,8 @@ def test_v1_configs_and_their_dataset_file_train(workdir, monkeypatch):
     freeze = RunConfig.from_any(root / "examples/v1/train_freeze/train_freeze_sft.yaml", {"model_name_or_path": "tiny"})
     assert (freeze.finetuning_type, freeze.per_device_train_batch_size, freeze.gradient_accumulation_steps) == \
         ("freeze", 1, 4)
+    with pytest.raises(ConfigError, match="global_batch_size: 5 is not a multiple of micro_batch_size 2"):
+        RunConfig.from_dict({"model": "tiny", "train_dataset": "x.yaml", "micro_batch_size": 2, "global_batch_size": 5})
     run = ftkit.train(RunConfig.from_any(root / "examples/v1/train_lora/train_lora_sft.yaml", {
         "model_name_or_path": "tiny", "output_dir": str(workdir / "v1"), "max_steps": 2}), console=False)
     plan = ftkit.plan(run.config.to_dict() | {"output_dir": str(workdir / "v1b")})
