@@ -3,6 +3,7 @@
 
 Needs the Debian packages chromium and chromium-driver, and pip's jupyterlab and playwright (never
 `playwright install`: the system Chromium is used). `.ci/run` installs them; elsewhere the test skips."""
+import json
 import os
 import shutil
 import socket
@@ -27,34 +28,31 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _start_kernel(port: int, token: str, notebook: str) -> None:
-    """Start the notebook's kernel session through the server's REST API before the page opens: Lab then attaches
-    to it, instead of asking "Select Kernel" at a moment of its choosing (a dialog that once swallowed Run All)."""
-    import json
-    import urllib.error
-    import urllib.request
-
-    body = json.dumps({"path": notebook, "name": notebook, "type": "notebook", "kernel": {"name": "python3"}})
-    request = urllib.request.Request(f"http://127.0.0.1:{port}/api/sessions", data=body.encode(), method="POST",
-                                     headers={"Authorization": f"token {token}", "Content-Type": "application/json"})
-    for _ in range(60):  # the port opens a moment before the API answers
-        try:
-            urllib.request.urlopen(request, timeout=60).close()
-            return
-        except (urllib.error.URLError, ConnectionError):
-            time.sleep(0.5)
-    raise RuntimeError("JupyterLab did not start a kernel session")
+def _lab_settings(folder: Path) -> Path:
+    """JupyterLab user settings for the test: the notebook starts its preferred kernel by itself (no "Select Kernel"
+    dialog, which opened at a moment of Lab's choosing and, accepted, swapped the kernel under running cells: CI saw
+    every cell run as [1] in a fresh kernel), and no news toast."""
+    settings = {"notebook-extension/tracker": {"autoStartDefaultKernel": True},
+                "apputils-extension/notification": {"fetchNews": "false", "checkForUpdates": False}}
+    for name, values in settings.items():
+        path = folder / "@jupyterlab" / f"{name}.jupyterlab-settings"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(values))
+    return folder
 
 
 @pytest.fixture
 def lab(tmp_path):
     pytest.importorskip("jupyterlab")
-    shutil.copy(REPO / "notebooks/01_quickstart.ipynb", tmp_path)
+    work = tmp_path / "work"
+    work.mkdir()
+    shutil.copy(REPO / "notebooks/01_quickstart.ipynb", work)
     port, token = _free_port(), "ftkit-browser-test"
-    env = {**os.environ, "CI": "1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "CI": "1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+           "JUPYTERLAB_SETTINGS_DIR": str(_lab_settings(tmp_path / "lab-settings"))}
     proc = subprocess.Popen([sys.executable, "-m", "jupyter", "lab", "--allow-root", "--no-browser",
                              "--ip=127.0.0.1", f"--port={port}", f"--ServerApp.token={token}",
-                             "--LabApp.news_url=None", f"--ServerApp.root_dir={tmp_path}"],
+                             "--LabApp.news_url=None", f"--ServerApp.root_dir={work}"],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         for _ in range(120):
@@ -63,7 +61,6 @@ def lab(tmp_path):
                 break
             except OSError:
                 time.sleep(0.5)
-        _start_kernel(port, token, "01_quickstart.ipynb")
         yield f"http://127.0.0.1:{port}/lab/tree/01_quickstart.ipynb?token={token}&reset"
     finally:
         proc.terminate()  # JupyterLab by its PID, and its kernels with it
@@ -83,21 +80,22 @@ def test_quickstart_in_jupyterlab(lab):
         page.goto(lab)
         page.wait_for_selector(".jp-Notebook", timeout=60_000)
         page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=60_000)
+        kernel_ready = ("() => /Python 3 \\(ipykernel\\) \\| Idle/.test("
+                        "document.querySelector('#jp-main-statusbar')?.textContent || '')")
+        page.wait_for_function(kernel_ready, timeout=120_000)
         started = "() => [...document.querySelectorAll('.jp-InputPrompt')].some(e => /\\[[0-9*]/.test(e.textContent))"
-        for _ in range(8):  # Run All is a no-op until the kernel has connected: try again until cells start
-            dialog = page.query_selector(".jp-Dialog")
-            if dialog:  # "Select Kernel" when Lab has not started one yet (it may open at any moment here): take
-                print("dialog:", dialog.inner_text()[:200])  # the default, Python 3
-                page.click(".jp-Dialog .jp-mod-accept", timeout=5_000)
+        for attempt in range(4):  # Run All is a no-op until the kernel has connected: try again until cells start
             try:
                 page.click(".lm-MenuBar-itemLabel:text-is('Run')", timeout=5_000)
                 page.click(".lm-Menu-itemLabel:text-is('Run All Cells')", timeout=5_000)
-                page.wait_for_function(started, timeout=15_000)
+                page.wait_for_function(started, timeout=30_000)
                 break
-            except playwright.Error:  # a dialog opened in between, or the kernel is not there yet
-                if not page.query_selector(".jp-Dialog"):
-                    page.keyboard.press("Escape")  # close a menu left open
+            except playwright.Error:
                 page.screenshot(path=str(shots / "quickstart-waiting.png"))
+                assert not page.query_selector(".jp-Dialog"), f"a dialog: {page.query_selector('.jp-Dialog').inner_text()}"
+                page.keyboard.press("Escape")  # close a menu left open
+        else:
+            raise AssertionError("Run All Cells never started a cell (see outputs/screenshots/quickstart-waiting.png)")
 
         try:
             panel = page.wait_for_selector(".widget-vbox:has(.widget-button)", timeout=120_000)  # the live panel
