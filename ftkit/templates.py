@@ -46,27 +46,26 @@ class Template:
     prompt_think: str = ""      # ends the generation prompt (R1: "<think>\n"); an answer starting with it trains after it
     system_last: bool = False   # a family without a system role takes it in the last user turn (Mistral v0.3)
     always_system: bool = False  # the system turn is written even when empty (Llama 3.1's dated header)
-    tool_format: str = ""       # "qwen": tools, calls and results as Qwen2.5/Qwen3's templates write them
+    tool_format: str = "default"  # "qwen": tools, calls and results as Qwen2.5/Qwen3's templates write them;
+    # "default": LLaMA-Factory's default tool format (tools listed after the system text, calls as "Action: NAME" /
+    # "Action Input: ARGS"), for the families whose built-in does not write their own
+    tool: str = ""              # a turn of tool results; "" = a user turn
 
     def bind(self, tokenizer) -> "Template":
         """Fill `{eos}` with the tokenizer's eos token."""
         eos = getattr(tokenizer, "eos_token", None) or "</s>"
         fill = lambda s: s.replace("{eos}", eos)  # noqa: E731
-        return replace(self, user=fill(self.user), assistant=fill(self.assistant), header=fill(self.header),
+        return replace(self, user=fill(self.user), tool=fill(self.tool), assistant=fill(self.assistant), header=fill(self.header),
                        suffix=fill(self.suffix), sep=fill(self.sep), stop=tuple(fill(s) for s in self.stop),
-                       prefix=fill(self.prefix))
+                       prefix=fill(self.prefix), system=fill(self.system))
 
     def render(self, messages: list[dict], add_generation_prompt: bool = False, tools: list | None = None) -> Rendered:
-        used = "tools" if tools else next((f"message {k}" for k, m in enumerate(messages)
-                                           if m["role"] == "tool" or m.get("tool_calls")), None)
-        if used and not self.tool_format:
-            raise DataError(f"template: {self.name} renders no tools, tool calls or tool results ({used}); use "
-                            "template: auto with a model whose own chat template takes tools (Qwen2.5, Qwen3, "
-                            "Llama 3.1, Mistral), or a ChatML built-in (qwen, qwen3, chatml), which writes Qwen's "
-                            "tool format")
+        qwen = self.tool_format == "qwen"
         system, turns = _split_system(messages, self.default_system)
         text, spans = self.prefix, []
-        if tools:
+        if tools and not qwen:
+            system += _default_tools(tools)  # as LLaMA-Factory joins them: right after the system text
+        if tools and qwen:
             text += self.system.replace("{content}", (system + "\n\n" if system else "") + _qwen_tools(tools))
         elif (system or self.always_system) and self.system:
             text += self.system.replace("{content}", system)
@@ -77,8 +76,8 @@ class Template:
             if m["role"] == "tool":  # results, untrained: consecutive ones share one user turn, as Qwen writes them
                 if i == 0 or turns[i - 1]["role"] != "tool":
                     results = [r["content"] for r in _run_of_tools(turns, i)]
-                    text += self.user.replace("{content}", "\n".join(f"<tool_response>\n{r}\n</tool_response>"
-                                                                     for r in results))
+                    wrap = "<tool_response>\n{}\n</tool_response>" if qwen else "{}"
+                    text += (self.tool or self.user).replace("{content}", "\n".join(wrap.format(r) for r in results))
                 continue
             if m["role"] == "user":
                 content = m["content"]
@@ -88,7 +87,8 @@ class Template:
                 continue
             reasoning, answer = split_reasoning(m)
             if m.get("tool_calls"):
-                answer = (answer + _qwen_calls(m["tool_calls"])) if answer else _qwen_calls(m["tool_calls"])[1:]
+                calls = (_qwen_calls if qwen else _default_calls)(m["tool_calls"])
+                answer = (answer + calls) if answer else calls[1:]
             block = ""
             if self.think and i > last_user and (reasoning or (self.think_always and i == len(turns) - 1)):
                 block = self.think.replace("{reasoning}", reasoning)
@@ -120,22 +120,31 @@ class Template:
         plain_system = ("if ns.system or " + ("true" if self.always_system else "false") + " -%}{{- " + q(syspre)
                         + " + ns.system + " + q(syspost) + " -}}")
         system_turn = "" if not self.system else "{%- " + plain_system + "{%- endif -%}"
-        if self.tool_format:  # the system turn carries the tool list when there are tools
+        qwen = self.tool_format == "qwen"
+        if qwen:  # the system turn carries the tool list when there are tools
             system_turn = (
                 "{%- if tools -%}{%- set t = namespace(list='') -%}{%- for tool in tools -%}"
                 "{%- set t.list = t.list + '\\n' + (tool | tojson) -%}{%- endfor -%}"
                 "{{- " + q(syspre) + " + (ns.system + '\\n\\n' if ns.system else '') + " + q(tools_pre) + " + t.list + "
                 + q(tools_post) + " + " + q(syspost) + " -}}{%- el" + plain_system + "{%- endif -%}")
+        else:  # the default format: the tool list follows the system text, wherever the template puts that
+            system_turn = _DEFAULT_TOOLS_JINJA.format(*map(q, _DEFAULT_TOOLS.format(tools="\0", names="\0")
+                                                             .split("\0"))) + system_turn
+        tool_pre, tool_post = (self.tool or self.user).split("{content}")
+        result = "'<tool_response>\\n' + m['content'] + '\\n</tool_response>'" if qwen else "m['content']"
         tool_turns = (  # results share one user turn; calls follow the answer's text
             "{%- elif m['role'] == 'tool' -%}{%- set turns = messages[ns.start:] -%}"
-            "{%- if loop.first or turns[loop.index0 - 1]['role'] != 'tool' -%}{{- " + q(up) + " -}}{%- else -%}"
-            "{{- '\\n' -}}{%- endif -%}{{- '<tool_response>\\n' + m['content'] + '\\n</tool_response>' -}}"
-            "{%- if loop.last or turns[loop.index0 + 1]['role'] != 'tool' -%}{{- " + q(upost) + " -}}{%- endif -%}")
+            "{%- if loop.first or turns[loop.index0 - 1]['role'] != 'tool' -%}{{- " + q(tool_pre) + " -}}{%- else -%}"
+            "{{- '\\n' -}}{%- endif -%}{{- " + result + " -}}"
+            "{%- if loop.last or turns[loop.index0 + 1]['role'] != 'tool' -%}{{- " + q(tool_post) + " -}}{%- endif -%}")
         tool_calls = (
             "{%- if m['tool_calls'] -%}{%- set k = namespace(calls='') -%}{%- for call in m['tool_calls'] -%}"
             "{%- set f = call['function'] if call['function'] is defined else call -%}"
-            "{%- set k.calls = k.calls + '\\n<tool_call>\\n{\"name\": \"' + f['name'] + '\", \"arguments\": ' + "
-            "(f['arguments'] if f['arguments'] is string else f['arguments'] | tojson) + '}\\n</tool_call>' -%}"
+            + ("{%- set k.calls = k.calls + '\\n<tool_call>\\n{\"name\": \"' + f['name'] + '\", \"arguments\": ' + "
+               "(f['arguments'] if f['arguments'] is string else f['arguments'] | tojson) + '}\\n</tool_call>' -%}"
+               if qwen else
+               "{%- set k.calls = k.calls + '\\nAction: ' + f['name'] + '\\nAction Input: ' + "
+               "(f['arguments'] if f['arguments'] is string else f['arguments'] | tojson) -%}") +
             "{%- endfor -%}{%- set c = c + k.calls if c else k.calls[1:] -%}{%- endif -%}")
         return (
             "{{- " + q(self.prefix) + " -}}"
@@ -152,14 +161,14 @@ class Template:
                + q(sm) + " + m['content'] + " + q(spost) + " -%}{%- else -%}{%- set c = m['content'] -%}{%- endif -%}"
                if not self.system else "{%- set c = m['content'] -%}")
             + "{{- " + q(up) + " + c + " + q(upost) + " -}}"
-            + (tool_turns if self.tool_format else "")
+            + tool_turns
             + "{%- elif m['role'] == 'assistant' -%}"
             "{%- set c = m['content'] -%}"
             "{%- if m['reasoning_content'] is string -%}{%- set r = m['reasoning_content'].strip('\\n') -%}"
             "{%- elif '</think>' in c -%}{%- set r = c.split('</think>')[0].rstrip('\\n').split('<think>')[-1]"
             ".strip('\\n') -%}{%- set c = c.split('</think>')[-1].lstrip('\\n') -%}"
             "{%- else -%}{%- set r = '' -%}{%- endif -%}"
-            + (tool_calls if self.tool_format else "")
+            + tool_calls
             + "{{- " + q(self.header) + " -}}"
             + ("{%- if loop.index0 > users.last and (r or " + ("loop.last" if self.think_always else "false") + ") -%}"
                "{{- " + q(tp) + " + r + " + q(tpost) + " -}}{%- endif -%}" if self.think else "")
@@ -189,6 +198,58 @@ def _qwen_calls(calls: list[dict]) -> str:
         args = f.get("arguments", {})
         out += ('\n<tool_call>\n{"name": "' + f["name"] + '", "arguments": '
                 + (args if isinstance(args, str) else json.dumps(args, ensure_ascii=False)) + "}\n</tool_call>")
+    return out
+
+
+_DEFAULT_TOOLS = ("You have access to the following tools:\n{tools}Use the following format if using a tool:\n```\n"
+                  "Action: tool name (one of [{names}])\nAction Input: the input to the tool, in a JSON format "
+                  "representing the kwargs (e.g. ```{{\"input\": \"hello world\", \"num_beams\": 5}}```)\n```\n")
+
+
+def _function(tool: dict) -> dict:
+    return tool.get("function", {}) if tool.get("type") == "function" else tool
+
+
+_DEFAULT_TOOLS_JINJA = (  # _default_tools in Jinja: {0}, {1}, {2} are the text around the tool list and names
+    "{{%- if tools -%}}{{%- set t = namespace(text='', names='') -%}}{{%- for tool in tools -%}}"
+    "{{%- set f = tool.get('function', {{}}) if tool.get('type') == 'function' else tool -%}}"
+    "{{%- set params = f.get('parameters') or {{}} -%}}{{%- set required = params.get('required') or [] -%}}"
+    "{{%- set a = namespace(text='') -%}}{{%- for name, arg in (params.get('properties') or {{}}).items() -%}}"
+    "{{%- set a.text = a.text + '  - ' + name + ' (' + arg.get('type', '') + (', required' if name in required "
+    "else '') + '): ' + arg.get('description', '') + ((', should be one of [' + (arg['enum'] | join(', ')) + ']') "
+    "if arg.get('enum') else '') + ((', where each item should be ' + arg['items'].get('type', '')) if "
+    "arg.get('items') else '') + '\\n' -%}}{{%- endfor -%}}"
+    "{{%- set t.text = t.text + '> Tool Name: ' + f['name'] + '\\nTool Description: ' + f.get('description', '') + "
+    "'\\nTool Args:\\n' + a.text + '\\n' -%}}"
+    "{{%- set t.names = t.names + (', ' if not loop.first else '') + f['name'] -%}}{{%- endfor -%}}"
+    "{{%- set ns.system = ns.system + {0} + t.text + {1} + t.names + {2} -%}}{{%- endif -%}}")
+
+
+def _default_tools(tools: list[dict]) -> str:
+    """The tool list of LLaMA-Factory's default tool format: each tool's name, description and arguments (type,
+    required, allowed values, item type), then how to call one."""
+    listed = ""
+    for tool in map(_function, tools):
+        parameters = tool.get("parameters") or {}
+        args = ""
+        for name, arg in (parameters.get("properties") or {}).items():
+            notes = ", required" if name in (parameters.get("required") or []) else ""
+            enum = f", should be one of [{', '.join(arg['enum'])}]" if arg.get("enum") else ""
+            items = f", where each item should be {arg['items'].get('type', '')}" if arg.get("items") else ""
+            args += f"  - {name} ({arg.get('type', '')}{notes}): {arg.get('description', '')}{enum}{items}\n"
+        listed += (f"> Tool Name: {tool['name']}\nTool Description: {tool.get('description', '')}\n"
+                   f"Tool Args:\n{args}\n")
+    return _DEFAULT_TOOLS.format(tools=listed, names=", ".join(_function(t)["name"] for t in tools))
+
+
+def _default_calls(calls: list[dict]) -> str:
+    """An answer's tool calls in LLaMA-Factory's default format, each opened by a newline."""
+    out = ""
+    for call in calls:
+        f = call.get("function", call)
+        args = f.get("arguments", {})
+        out += f"\nAction: {f['name']}\nAction Input: " + (args if isinstance(args, str) else
+                                                             json.dumps(args, ensure_ascii=False))
     return out
 
 
@@ -394,16 +455,19 @@ def _split_system(messages: list[dict], default: str) -> tuple[str, list[dict]]:
 
 
 _THINK = "<think>\n{reasoning}\n</think>\n\n"
+_GEMMA_TOOL = "<start_of_turn>tool\n{content}<end_of_turn>\n"  # Gemma's own templates take no tool turn; this is
+# how its role-named turns (and LLaMA-Factory's gemma templates) write one
 _ALPACA_SYSTEM = ("Below is an instruction that describes a task. "
-                  "Write a response that appropriately completes the request.")
+                  "Write a response that appropriately completes the request.\n\n")
 
 TEMPLATES: dict[str, Template] = {t.name: t for t in [
-    Template("default", family="generic (LLaMA-Factory's default)", system="System: {content}\n",
-             user="Human: {content}\n", header="Assistant:", assistant=" {content}{eos}", sep="\n",
-             stop=("{eos}",)),
-    Template("alpaca", family="Alpaca / Stanford instruction format", system="{content}\n\n",
-             default_system=_ALPACA_SYSTEM, user="### Instruction:\n{content}\n\n", header="### Response:\n",
-             assistant="{content}{eos}", sep="\n\n", stop=("{eos}",)),
+    Template("default", family="LLaMA-Factory's default (every turn ends with eos)",
+             system="System: {content}{eos}\n", user="Human: {content}{eos}\n", header="Assistant:",
+             assistant="{content}{eos}", sep="\n", stop=("{eos}",)),
+    Template("alpaca", family="Alpaca / Stanford instruction format (a system text is written as it is, before the "
+             "first instruction, as LLaMA-Factory writes it)", system="{content}", default_system=_ALPACA_SYSTEM,
+             user="### Instruction:\n{content}\n\n", header="### Response:\n", assistant="{content}{eos}",
+             sep="\n\n", stop=("{eos}",)),
     Template("llama2", family="Llama 2 chat", system_in_user="<<SYS>>\n{system}\n<</SYS>>\n\n{content}",
              user="<s>[INST] {content} [/INST]", assistant=" {content} </s>", stop=("</s>",)),
     Template("llama3", family="Llama 3 instruct (Meta-Llama-3-8B-Instruct; 3.1 and later: llama3_1)",
@@ -451,10 +515,10 @@ TEMPLATES: dict[str, Template] = {t.name: t for t in [
              user="[INST] {content} [/INST]", assistant="{content}</s>", stop=("</s>",)),
     Template("gemma", family="Gemma / Gemma 2 instruct (no system role: it joins the first user turn)",
              prefix="<bos>", user="<start_of_turn>user\n{content}<end_of_turn>\n", header="<start_of_turn>model\n",
-             assistant="{content}<end_of_turn>", sep="\n", stop=("<end_of_turn>", "<eos>")),
+             assistant="{content}<end_of_turn>", sep="\n", tool=_GEMMA_TOOL, stop=("<end_of_turn>", "<eos>")),
     Template("gemma3", family="Gemma 3 instruct, text (the system text opens the first user turn)", prefix="<bos>",
              user="<start_of_turn>user\n{content}<end_of_turn>\n", header="<start_of_turn>model\n",
-             assistant="{content}<end_of_turn>", sep="\n", stop=("<end_of_turn>", "<eos>")),
+             assistant="{content}<end_of_turn>", sep="\n", tool=_GEMMA_TOOL, stop=("<end_of_turn>", "<eos>")),
     Template("deepseek", family="DeepSeek LLM / DeepSeek-V2 chat", prefix="<｜begin▁of▁sentence｜>",
              system="{content}\n\n", user="User: {content}\n\n", header="Assistant:",
              assistant=" {content}<｜end▁of▁sentence｜>", stop=("<｜end▁of▁sentence｜>",)),

@@ -62,7 +62,7 @@ def llama_cpp_models() -> Path:
                     (partial / name).write_bytes(tar.extractfile(member).read())
             pinned = next(m for m in tar.getmembers() if m.name.endswith(f"/vendor/llama.cpp/tests/{PINNED}"))
             (partial / PINNED).write_bytes(tar.extractfile(pinned).read())
-        (partial / "complete").touch()
+        (partial / "complete-2").touch()
         shutil.rmtree(dest, ignore_errors=True)
         os.replace(partial, dest)
     return dest
@@ -145,11 +145,14 @@ def mistral_v3() -> tuple[Path, dict]:
 LLAMA_FACTORY = "llamafactory==0.9.5"  # its sdist carries examples/, data/ and the hparams that define its keys
 
 
+LLAMA_FACTORY_SOURCES = ("src/llamafactory/hparams/", "src/llamafactory/data/", "src/llamafactory/extras/")
+
+
 def llama_factory() -> Path:
-    """LLaMA-Factory's source tree as far as the tests use it: examples/, data/ and src/llamafactory/hparams/
-    (downloaded and unpacked once, 5 MB)."""
+    """LLaMA-Factory's source tree as far as the tests use it: examples/, data/, and src/llamafactory's hparams/ (its
+    argument names), data/ and extras/ (its chat templates and tool formats); downloaded and unpacked once, 5 MB."""
     dest = cache() / LLAMA_FACTORY.replace("==", "-")
-    if (dest / "complete").exists():
+    if (dest / "complete-2").exists():
         return dest
     with tempfile.TemporaryDirectory() as tmp:
         sdist = _sdist(LLAMA_FACTORY, tmp)
@@ -159,10 +162,10 @@ def llama_factory() -> Path:
             for member in tar.getmembers():
                 inner = Path(*Path(member.name).parts[1:])
                 if member.isfile() and inner.parts and (inner.parts[0] in ("examples", "data") or
-                                                        str(inner).startswith("src/llamafactory/hparams/")):
+                                                        str(inner).startswith(LLAMA_FACTORY_SOURCES)):
                     (partial / inner).parent.mkdir(parents=True, exist_ok=True)
                     (partial / inner).write_bytes(tar.extractfile(member).read())
-        (partial / "complete").touch()
+        (partial / "complete-2").touch()
         shutil.rmtree(dest, ignore_errors=True)
         os.replace(partial, dest)
     return dest
@@ -178,3 +181,40 @@ def llama_factory_argument_names() -> dict[str, str]:
                     if isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name):
                         names.setdefault(item.target.id, node.name)
     return names
+
+
+def llama_factory_templates() -> dict:
+    """LLaMA-Factory's chat templates (its `TEMPLATES`, name -> Template with `encode_multiturn`), imported from its
+    source without running its package __init__ files (they import its whole training stack): its data/template.py
+    needs only its formatters, tool formats and logging; the two heavier imports on that path are stood in for,
+    `datasets` (used by data_utils' loaders, not by templates) when it is not installed, and data/mm_plugin (the
+    multimodal plugins, which templates hold but text encoding never calls)."""
+    import importlib
+    import types
+
+    root = llama_factory() / "src" / "llamafactory"
+    ours = lambda k: k == "llamafactory" or k.startswith("llamafactory.")  # noqa: E731
+    saved = {k: v for k, v in sys.modules.items() if ours(k)}
+    stand_in = None
+    try:
+        for name, folder in (("llamafactory", root), ("llamafactory.data", root / "data"),
+                             ("llamafactory.extras", root / "extras")):
+            package = types.ModuleType(name)
+            package.__path__ = [str(folder)]
+            sys.modules[name] = package
+        try:
+            import datasets  # noqa: F401
+        except ImportError:
+            stand_in = types.ModuleType("datasets")
+            stand_in.DatasetDict = stand_in.concatenate_datasets = stand_in.interleave_datasets = None
+            sys.modules["datasets"] = stand_in
+        plugins = types.ModuleType("llamafactory.data.mm_plugin")
+        plugins.get_mm_plugin = lambda *args, **kwargs: None
+        sys.modules[plugins.__name__] = plugins
+        return importlib.import_module("llamafactory.data.template").TEMPLATES
+    finally:
+        for k in [k for k in sys.modules if ours(k)]:
+            del sys.modules[k]
+        sys.modules.update(saved)
+        if stand_in is not None and sys.modules.get("datasets") is stand_in:
+            del sys.modules["datasets"]

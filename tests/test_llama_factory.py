@@ -412,3 +412,133 @@ def test_every_problem_of_a_file_is_said_at_once(workdir):
     for part in ("use_galore: ftkit does not support GaLore", "lora_rnak: unknown key; did you mean lora_rank",
                  "dataset: 'no_such_dataset' is neither a file", "template: 'llama-3' is not a known template"):
         assert part in said, said
+
+
+# ---- chat templates and tool formats, against LLaMA-Factory's own template code --------------------------------
+
+# ftkit's built-ins that render a conversation as LLaMA-Factory 0.9.5's template of the same name does (text and
+# trained answers), the tool formats included where both write the same one
+SAME_AS_LLAMA_FACTORY = {"alpaca", "chatml", "deepseek3", "default", "gemma", "gemma3", "llama3", "phi4", "qwen"}
+# those that differ: each follows the model's official template instead (checked in test_templates.py and
+# test_real_templates.py against the official templates themselves)
+FOLLOWS_OFFICIAL = {
+    "chatglm3": "THUDM/chatglm3-6b's template writes a space after each role line; its fine-tuning ends with eos",
+    "deepseek": "DeepSeek-LLM's template writes 'Assistant: ' (a space) before the answer",
+    "deepseekr1": "R1's template writes no think block into answers (LLaMA-Factory writes an empty one into each)",
+    "glm4": "GLM-4's fine-tuning ends the text with eos",
+    "llama2": "Llama-2-chat's template writes ' ANSWER ' between [/INST] and </s>",
+    "mistral": "Mistral v0.3 puts the system text into the last user turn (mistral-common)",
+    "phi": "Phi-3.5's template ends a training text with <|endoftext|>",
+    "qwen3": "Qwen3's template drops the think block from earlier answers",
+    "qwen3_nothink": "Qwen3's template with enable_thinking=False writes an empty think block before the last answer",
+}
+# where the same name writes tools otherwise: ftkit's ChatML writes Qwen's tool format; LLaMA-Factory's llama3 writes
+# Llama 3.1's JSON calls under a system header with today's date, ftkit's llama3 LLaMA-Factory's default format
+# (template: auto renders the model's own tool format)
+TOOLS_DIFFER = {"chatml", "llama3"}
+# (bos, eos) of each family's real tokenizer (its tokenizer_config.json), which LLaMA-Factory's templates write
+# through the tokenizer where ftkit's built-ins write the text
+FAMILY_TOKENS = {"llama2": ("<s>", "</s>"), "mistral": ("<s>", "</s>"), "gemma": ("<bos>", "<eos>"),
+                 "gemma3": ("<bos>", "<eos>"), "llama3": ("<|begin_of_text|>", "<|eot_id|>"),
+                 "phi": ("<s>", "<|endoftext|>"), "phi4": (None, "<|im_end|>"),
+                 **{n: ("<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>") for n in ("deepseek", "deepseek3", "deepseekr1")}}
+LF_ROLES = {"human": "user", "gpt": "assistant", "function_call": "function", "observation": "observation"}
+
+
+@pytest.fixture(scope="module")
+def lf_templates():
+    from real import llama_factory_templates
+
+    return llama_factory_templates()
+
+
+def family_tokenizer(name: str):
+    """Qwen2's real tokenizer (byte-level, so decoding gives back the exact text) with the family's bos and eos and
+    the special strings of both templates as single tokens."""
+    import re
+
+    from real import real_tokenizer
+    from transformers import AutoTokenizer
+
+    from ftkit.templates import TEMPLATES
+
+    tokenizer = AutoTokenizer.from_pretrained(real_tokenizer("qwen2"))
+    t = TEMPLATES[name]
+    text = "".join((t.user, t.assistant, t.header, t.system, t.prefix, t.sep, t.suffix, t.tool, t.system_in_user))
+    specials = set(re.findall(r"<[|｜][^>]*?[|｜]>|<[a-z_]+>|<</?SYS>>|</?s>|\[/?INST\]", text))
+    bos, eos = FAMILY_TOKENS.get(name, (None, "<|endoftext|>"))
+    tokenizer.add_special_tokens({"additional_special_tokens": sorted(specials | {"[gMASK]", "sop"}), "eos_token": eos,
+                                  **({"bos_token": bos} if bos else {})})
+    if bos is None:
+        tokenizer.bos_token = None
+    return tokenizer
+
+
+def llama_factory_render(template, tokenizer, messages, system=None, tools=None) -> tuple[str, list[str]]:
+    """LLaMA-Factory's encoding of a conversation in its own roles, decoded: the text and each trained response."""
+    pairs = template.encode_multiturn(tokenizer, messages, system=system, tools=tools)
+    return "".join(tokenizer.decode(p + r) for p, r in pairs), [tokenizer.decode(r) for _, r in pairs]
+
+
+def test_every_shared_template_name_is_compared():
+    from ftkit.templates import TEMPLATES
+
+    from real import llama_factory_templates
+
+    shared = set(TEMPLATES) & set(llama_factory_templates())
+    assert shared == SAME_AS_LLAMA_FACTORY | set(FOLLOWS_OFFICIAL)
+    assert set(TEMPLATES) - shared == {"llama3_1", "mistral_v1", "moss"}  # names LLaMA-Factory does not have
+
+
+@pytest.mark.parametrize("name", sorted(SAME_AS_LLAMA_FACTORY | set(FOLLOWS_OFFICIAL)))
+def test_builtin_renders_as_llama_factorys_template_of_that_name(name, lf_templates):
+    from ftkit.templates import TEMPLATES
+
+    tokenizer = family_tokenizer(name)
+    template = TEMPLATES[name].bind(tokenizer)
+    chats = [[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there"},
+              {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "你好"},
+              {"role": "assistant", "content": "再见"}],
+             [{"role": "user", "content": "What is LoRA?"}, {"role": "assistant", "content": "低秩适配。"}]]
+    same = []
+    for chat in chats:
+        system = chat[0]["content"] if chat[0]["role"] == "system" else None
+        text, trained = llama_factory_render(lf_templates[name], tokenizer, chat[1 if system else 0:], system)
+        mine = template.render(chat)
+        # LLaMA-Factory also trains the separator after an answer's end-of-turn marker, which is never generated
+        same.append(mine.text == text and [mine.text[a:b] for a, b in mine.spans] ==
+                    [t.removesuffix(template.sep) if template.sep else t for t in trained])
+    assert all(same) == (name in SAME_AS_LLAMA_FACTORY), FOLLOWS_OFFICIAL.get(name)
+
+
+@pytest.mark.parametrize("name", sorted(SAME_AS_LLAMA_FACTORY - TOOLS_DIFFER))
+def test_tool_calls_render_as_llama_factory_writes_them(name, lf_templates):
+    """LLaMA-Factory's glaive_toolcall demos (600 conversations, English and Chinese: tools, calls, results) in ftkit's
+    built-in and in LLaMA-Factory's template: the same text, the same answers and calls trained. A record whose tools
+    column is an empty list is given to LLaMA-Factory as one without tools: given "[]", it writes an empty system
+    turn, which ftkit does not. The Jinja form of the built-in (what merged models carry) renders them the same."""
+    import json
+
+    from ftkit.data import load_conversations
+    from ftkit.templates import TEMPLATES
+
+    tokenizer = family_tokenizer(name)
+    template = TEMPLATES[name].bind(tokenizer)
+    tokenizer.chat_template = template.jinja()
+    checked = with_tools = 0
+    for file in ("glaive_toolcall_en_demo.json", "glaive_toolcall_zh_demo.json"):
+        path = llama_factory() / "data" / file
+        records = json.loads(path.read_text(encoding="utf-8"))
+        for k, (record, conversation) in enumerate(zip(records, load_conversations(path), strict=True)):
+            messages = [{"role": LF_ROLES[m["from"]], "content": m["value"]} for m in record["conversations"]]
+            tools = record.get("tools") if json.loads(record.get("tools") or "[]") else None
+            text, trained = llama_factory_render(lf_templates[name], tokenizer, messages, record.get("system"), tools)
+            mine = template.render(list(conversation), tools=conversation.tools)
+            assert mine.text == text, f"{file} record {k}"
+            assert tokenizer.apply_chat_template(list(conversation), tools=conversation.tools or None,
+                                                 tokenize=False) == text, f"{file} record {k}, Jinja"
+            assert [mine.text[a:b] for a, b in mine.spans] == [t.removesuffix(template.sep) if template.sep else t
+                                                              for t in trained], f"{file} record {k}"
+            checked += 1
+            with_tools += bool(tools)
+    assert checked == 600 and with_tools > 300

@@ -121,5 +121,8 @@ def test_tool_calling_and_reasoning_files_train_on_a_real_tokenizer(tmp_path):
         assert "get_weather" in tok.decode(row["input_ids"]).split("<|im_start|>user")[0]  # the tools, in the system turn
     builtin, _ = encode([lf, oa], tok, get_template("qwen", tok), cutoff_len=4096)  # Qwen's tool format, built in
     assert [r["labels"] for r in builtin] == [r["labels"] for r in rows]
-    with pytest.raises(Exception, match="template: llama3 renders no tools"):
-        encode([lf], tok, get_template("llama3", tok), cutoff_len=4096)
+    (row,), _ = encode([lf], tok, get_template("llama3", tok), cutoff_len=4096)  # LLaMA-Factory's default format
+    trained = tok.decode([t for t in row["labels"] if t != IGNORE])  # (Qwen2's vocabulary splits <|eot_id|>)
+    assert trained.startswith('Action: get_weather\nAction Input: {"city": "Paris"}<|eot_id|>') and \
+        "巴黎现在22度。<|eot_id|>" in trained and "temp_c" not in trained
+    assert "> Tool Name: get_weather\nTool Description: Weather in a city\n" in tok.decode(row["input_ids"])

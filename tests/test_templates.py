@@ -10,7 +10,7 @@ from the copy named; none is written from memory.
 import pytest
 
 from conftest import CONVERSATIONS
-from ftkit.errors import ConfigError, DataError
+from ftkit.errors import ConfigError
 from ftkit.templates import TEMPLATES, TokenizerTemplate, get_template
 
 CHAT = [
@@ -70,16 +70,6 @@ OFFICIAL = {
                 "<｜Assistant｜>")}),
 }
 
-# LLaMA-Factory's own formats: no model ships them as its template; these are ftkit's renders under LLaMA-Factory's
-# names, pinned so that a change shows up here
-OWN = {
-    "alpaca": "Be brief.\n\n### Instruction:\nHi\n\n### Response:\nHello!</s>\n\n"
-              "### Instruction:\n2+2?\n\n### Response:\n4</s>\n\n",
-    "default": "System: Be brief.\nHuman: Hi\nAssistant: Hello!</s>\nHuman: 2+2?\nAssistant: 4</s>\n",
-    "moss": "Be brief.<|Human|>: Hi<eoh>\n<|MOSS|>: Hello!<eom>\n<|Human|>: 2+2?<eoh>\n<|MOSS|>: 4<eom>\n",
-}
-
-
 class Eos:
     def __init__(self, eos="</s>"):
         self.eos_token = eos
@@ -98,16 +88,27 @@ def test_builtin_renders_the_official_template(name, label):
                                                               for a in answers]
 
 
-@pytest.mark.parametrize("name", sorted(OWN))
-def test_llama_factory_formats(name):
-    assert get_template(name, Eos()).render(CHAT).text == OWN[name]
+def test_moss_renders_as_moss_readme_prompts_it():
+    """OpenMOSS/MOSS README.md, "使用示例": query = meta_instruction + "<|Human|>: 你好<eoh>\\n<|MOSS|>:"; the next
+    turn's query = tokenizer.decode(outputs[0]) + "\\n<|Human|>: 推荐五部科幻电影<eoh>\\n<|MOSS|>:", the output ending
+    with MOSS's eos, <eom> (its meta instruction ends with a newline); its SFT data (moss-003-sft-data) writes each
+    answer as "<|MOSS|>: ...<eom>\\n", with the space."""
+    meta, answer = "You are an AI assistant whose name is MOSS.\n", "您好！我是MOSS，有什么我可以帮助您的吗？"
+    chat = [{"role": "system", "content": meta}, {"role": "user", "content": "你好"},
+            {"role": "assistant", "content": answer}, {"role": "user", "content": "推荐五部科幻电影"}]
+    first = meta + "<|Human|>: 你好<eoh>\n<|MOSS|>:"
+    moss = get_template("moss", Eos("<eom>"))
+    assert moss.render(chat[:2], add_generation_prompt=True).text == first
+    assert moss.render(chat, add_generation_prompt=True).text == \
+        first + " " + answer + "<eom>" + "\n<|Human|>: 推荐五部科幻电影<eoh>\n<|MOSS|>:"
 
 
 def test_every_builtin_is_checked_against_its_official_template():
+    from test_llama_factory import SAME_AS_LLAMA_FACTORY
     from test_real_templates import BUILTINS
 
-    checked = {n.split()[0] for n in BUILTINS} | set(OFFICIAL) | set(OWN)
-    assert set(TEMPLATES) - checked == {"chatml"}  # chatml is qwen without the default system
+    checked = {n.split()[0] for n in BUILTINS} | set(OFFICIAL) | SAME_AS_LLAMA_FACTORY | {"moss"}
+    assert set(TEMPLATES) - checked == set()
     assert get_template("chatml", Eos()).render(CHAT).text == get_template("qwen", Eos()).render(CHAT).text
 
 
@@ -177,8 +178,8 @@ def test_render_shows_text_tokens_and_labels_as_training_sees_them(tiny_tokenize
     tiny_tokenizer.save_pretrained(folder)
     (folder / "config.json").write_text(json.dumps({"model_type": "llama"}))
     assert ftkit.render(conv, model=str(folder), template="llama3").text.startswith("<|begin_of_text|>")
-    with pytest.raises(DataError, match=r"renders no tools, tool calls or tool results \(tools\); use template: auto"):
-        ftkit.render(conv, template="llama3", tools=[{"type": "function", "function": {"name": "f"}}])
+    with_tools = ftkit.render(conv, template="llama3", tools=[{"type": "function", "function": {"name": "f"}}])
+    assert "Be brief.You have access to the following tools:\n> Tool Name: f\n" in with_tools.text  # the default format
 
 
 def test_a_run_config_carries_enable_thinking_to_its_template():
