@@ -115,7 +115,7 @@ def cmd_merge(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="ftkit merge [MERGE.yaml]", description="Fold a LoRA adapter into its base "
                                 "model; takes LLaMA-Factory's merge and export files (their key names) as well.")
     p.add_argument("--adapter", "--adapter_name_or_path", dest="adapter",
-                   help="adapter folder, or the run's output_dir")
+                   help="adapter folder, or the run's output_dir; several, comma-separated, merge in order")
     p.add_argument("--out", "--export_dir", dest="out", help="merged model folder (default: <run>/merged)")
     p.add_argument("--model_name_or_path", dest="base", help="base model, if not the one the adapter records; "
                    "without an adapter, a whole model (a full or freeze run) saved to --out as it is")
@@ -130,8 +130,6 @@ def cmd_merge(argv: list[str]) -> int:
     a = parse_with_yaml(p, argv)
     problems = [m for m in (
         not (a.adapter or a.base) and "adapter_name_or_path (--adapter): missing; name the adapter or run folder",
-        a.adapter and "," in a.adapter and f"adapter_name_or_path: {a.adapter} names several adapters; merge one at "
-        "a time (merge the first, then the next into that merged folder)",
         a.export_legacy_format and "export_legacy_format: true asks for .bin weights; ftkit writes safetensors only",
         a.export_hub_model_id and f"export_hub_model_id: ftkit does not upload; after the merge run "
         f"`huggingface-cli upload {a.export_hub_model_id} {a.out or '<out>'}`",

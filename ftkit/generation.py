@@ -60,7 +60,9 @@ def load(model: str, adapter: str | None = None, template: str | None = None):
     """(model, tokenizer, template) ready to generate; cached for the last (model, adapter, template).
     An exported ONNX folder gives an OnnxLM in place of the torch model."""
     model, adapter = where(model, adapter)
-    key = (model, adapter, template, _stamp(model), _stamp(adapter))  # a rewritten folder reloads
+    adapters = adapter.split(",") if adapter else []  # several: merged in turn, as LLaMA-Factory loads them
+    adapter = adapters[-1] if adapters else None  # the last one's run gives the tokenizer and template
+    key = (model, *adapters, template, _stamp(model), *map(_stamp, adapters))  # a rewritten folder reloads
     if key in _CACHE:
         return _CACHE[key]
     _CACHE.clear()  # keep one model in memory
@@ -88,7 +90,10 @@ def load(model: str, adapter: str | None = None, template: str | None = None):
         from peft import PeftModel
 
         M.match_vocab(net, tokenizer)  # the run may have added tokens
-        net = PeftModel.from_pretrained(net, adapter)
+        for k, one in enumerate(adapters):
+            net = PeftModel.from_pretrained(net, one)
+            if k < len(adapters) - 1:
+                net = net.merge_and_unload()
     net.to(dev).eval()
     _CACHE[key] = (net, tokenizer, tmpl)
     return _CACHE[key]
@@ -96,14 +101,16 @@ def load(model: str, adapter: str | None = None, template: str | None = None):
 
 def where(model, adapter=None) -> tuple[str, str | None]:
     """(model, adapter folder) to load: a run folder stands for what it trained (its model/, or its base with its
-    adapter/), an adapter folder for its base with it."""
+    adapter/), an adapter folder for its base with it. Several adapters (comma-separated) come back
+    comma-separated."""
     located = model_and_adapter(model)
     if located and located[1]:
         if adapter:
             raise ModelError(f"{model}: a LoRA run or adapter already names its base model; give it alone, or give "
                              "the base model with the adapter")
         return located
-    return (located[0] if located else str(model)), (str(adapter_folder(adapter)) if adapter else None)
+    adapters = ",".join(str(adapter_folder(a.strip())) for a in str(adapter).split(",")) if adapter else None
+    return (located[0] if located else str(model)), adapters
 
 
 def stop_ids(tokenizer, template) -> list[int]:

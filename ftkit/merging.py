@@ -20,12 +20,14 @@ PROBE = [[{"role": "user", "content": "What is LoRA?"}],
 
 
 @quiet()
-def merge(adapter_dir: str | Path | None, out: str | Path | None = None, tolerance: float | None = None,
+def merge(adapter_dir: str | Path | list | None, out: str | Path | None = None, tolerance: float | None = None,
           console: bool = True, base: str | None = None, template: str | None = None,
           shard_size_gb: float | None = None) -> Path:
     """Merge, check on a probe batch, save safetensors + tokenizer (with the run's chat template).
 
-    `base` overrides the base model the adapter records (a LLaMA-Factory adapter records only its hub name),
+    Several adapters (a list, or comma-separated as LLaMA-Factory's adapter_name_or_path) are merged one after
+    another, in order, each checked; the last one's run gives the tokenizer, template and default `out`.
+    `base` overrides the base model the first adapter records (a LLaMA-Factory adapter records only its hub name),
     `template` the run's template; `shard_size_gb` splits the weights into files of at most that size. With no
     adapter, `base` (a whole model, a full or freeze run) is saved to `out` as it is: LLaMA-Factory's export."""
     from ftkit import model as M, templates
@@ -37,9 +39,12 @@ def merge(adapter_dir: str | Path | None, out: str | Path | None = None, toleran
         if not (base and out):
             raise ModelError("merge: name an adapter, or a whole model (model_name_or_path) and export_dir")
         return _export(base, Path(out), template, shard_size_gb, console)
-    adapter = adapter_folder(adapter_dir)
+    names = [n.strip() for n in adapter_dir.split(",")] if isinstance(adapter_dir, str) else \
+        adapter_dir if isinstance(adapter_dir, list) else [adapter_dir]
+    adapters = [adapter_folder(n) for n in names if str(n)]
+    adapter = adapters[-1]
     cfg = run_config_of(adapter)
-    base_name = base or model_and_adapter(adapter)[0]  # the run's base, else the one adapter_config.json names
+    base_name = base or model_and_adapter(adapters[0])[0]  # the run's base, else the one adapter_config.json names
     base_path = M.resolve(base_name, key="model_name_or_path" if base else "base model")
     out = Path(out) if out else adapter.parent / "merged"
     use_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported() and cfg is not None and cfg.bf16
@@ -56,25 +61,28 @@ def merge(adapter_dir: str | Path | None, out: str | Path | None = None, toleran
                                                 **M.safe_weights(base_path, bool(cfg and cfg.allow_pickle)))
     M.match_vocab(base, tokenizer)  # the run may have added tokens
     dev = M.device()
-    model = PeftModel.from_pretrained(base, str(adapter)).to(dev).eval()
+    merged, diffs = base.to(dev), []
     probe = _probe_batch(tokenizer, template, dev)
-    with torch.no_grad():
-        before = model(**probe).logits.float()
-        merged = model.merge_and_unload()
-        after = merged(**probe).logits.float()
     mask = probe["attention_mask"].bool()
-    diff = (before - after).abs()[mask].max().item()
-    scale = before[mask].abs().max().item()
-    if not diff <= tolerance * max(1.0, scale):
-        raise ModelError(f"merge check failed: merged logits differ from the adapter model's by {diff:.3g} "
-                         f"(allowed {tolerance * max(1.0, scale):.3g}); nothing was written")
+    for one in adapters:  # each onto the model the ones before it were merged into
+        model = PeftModel.from_pretrained(merged, str(one)).eval()
+        with torch.no_grad():
+            before = model(**probe).logits.float()
+            merged = model.merge_and_unload()
+            after = merged(**probe).logits.float()
+        diff = (before - after).abs()[mask].max().item()
+        scale = before[mask].abs().max().item()
+        if not diff <= tolerance * max(1.0, scale):
+            raise ModelError(f"merge check failed for {one}: merged logits differ from the adapter model's by "
+                             f"{diff:.3g} (allowed {tolerance * max(1.0, scale):.3g}); nothing was written")
+        diffs.append(diff)
 
     # the base model's own template is kept unless the run trained on one that renders differently
     template_note = _save(merged, tokenizer, template, cfg, out, shard_size_gb,
                           M.load_tokenizer(base_path, cfg.tokenizer_name_or_path if cfg else None))
     if console:
-        print(f"merged {adapter} into {base_name} -> {out}\n"
-              f"  check: max |logit difference| on a probe batch = {diff:.2e} (allowed {tolerance:.0e} x scale)"
+        print(f"merged {', '.join(map(str, adapters))} into {base_name} -> {out}\n"
+              f"  check: max |logit difference| on a probe batch = {max(diffs):.2e} (allowed {tolerance:.0e} x scale)"
               + (f"\n  {template_note}" if template_note else ""))
     return out
 

@@ -98,6 +98,32 @@ def test_merge_equals_adapter_model(workdir, bits):
     assert "lora" not in json.dumps(json.loads((merged_dir / "config.json").read_text())).lower()
 
 
+def test_several_adapters_merge_in_order_as_llama_factory_merges_them(workdir):
+    """adapter_name_or_path: a,b (LLaMA-Factory's export: each adapter merged into the model in turn) gives the
+    model peft computes with both adapters active at once on the base: base + delta_a + delta_b."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from ftkit.model import resolve
+
+    a = ftkit.train(base_config(workdir / "a", max_steps=3, learning_rate=1e-2), console=False)
+    b = ftkit.train(base_config(workdir / "b", max_steps=3, learning_rate=1e-2, seed=7, lora_rank=4), console=False)
+    merged_dir = ftkit.merge(f"{a.adapter_dir},{b.output_dir}", out=workdir / "ab", console=False)
+    ids = torch.randint(3, 2000, (2, 24), generator=torch.Generator().manual_seed(0))
+    both = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(resolve("tiny"), dtype=torch.float32),
+                                     a.adapter_dir, adapter_name="a")
+    both.load_adapter(b.adapter_dir, adapter_name="b")
+    both.base_model.set_adapter(["a", "b"])  # peft's LoRA layers add every active adapter's delta
+    merged = _logits(AutoModelForCausalLM.from_pretrained(merged_dir).eval(), ids)
+    assert torch.allclose(merged, _logits(both.eval(), ids), atol=1e-4)
+    only_b = ftkit.merge(b.adapter_dir, out=workdir / "b-only", console=False)
+    assert (merged - _logits(AutoModelForCausalLM.from_pretrained(only_b).eval(), ids)).abs().max() > 1e-3
+    from ftkit.generation import load
+
+    net, _, _ = load("tiny", f"{a.output_dir},{b.adapter_dir}")  # chat with several: the same model
+    assert torch.allclose(_logits(net, ids), merged, atol=1e-4)
+
+
 def test_merge_refuses_full_runs_and_missing_adapters(workdir):
     from ftkit.errors import ModelError
 
