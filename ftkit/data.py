@@ -12,14 +12,20 @@ refused with the file, record index and reason.
 from __future__ import annotations
 
 import csv
+import itertools
 import json
+import os
 import random
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
+
 from ftkit.errors import DataError, Tokenized
+from ftkit.rows import CUT_ANSWER, CUT_TURNS, DROPPED, IGNORE, KEPT, Rows, RowsWriter, Stats  # noqa: F401
 from ftkit.templates import single_token_ids, split_reasoning
 
 ROLES = ("system", "user", "assistant", "tool")
@@ -301,6 +307,29 @@ def data_files(path: Path) -> list[Path]:
 DATA_SUFFIXES = (".json", ".jsonl", ".csv", ".parquet")
 
 
+def iter_records(path: Path):
+    """Raw records one by one: a .jsonl file line by line (a file larger than memory is fine), the other kinds
+    read whole; a folder's files in turn."""
+    if path.is_dir():
+        for f in data_files(path):
+            yield from iter_records(f)
+        return
+    if path.suffix.lower() != ".jsonl" or not path.is_file():
+        yield from read_records(path)
+        return
+    empty = True
+    with path.open(encoding="utf-8-sig") as f:
+        for n, line in enumerate(f, 1):
+            if line.strip():
+                empty = False
+                try:
+                    yield json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise DataError(f"{path}: line {n}: invalid JSON ({e.msg} at column {e.colno})") from None
+    if empty:
+        raise DataError(f"{path}: the file is empty")
+
+
 def read_records(path: Path) -> list:
     """Raw records of a .json, .jsonl, .csv or .parquet file, or of every such file in a folder."""
     if path.is_dir():
@@ -352,25 +381,37 @@ def load_conversations(path: Path, formatting: str = "auto", columns: dict | Non
                        records: list | None = None) -> list[list[dict]]:
     """Every record of a file (or the `records` given, read from `path`) as messages; refuses the file if any
     record is bad. `columns` and `tags` are a dataset_info.json entry's."""
-    records = read_records(path) if records is None else records
-    if not records:
+    return list(iter_conversations(path, formatting, columns, tags, records))
+
+
+def iter_conversations(path: Path, formatting: str = "auto", columns: dict | None = None, tags: dict | None = None,
+                       records=None):
+    """`load_conversations` one conversation at a time (a .jsonl file is read as it goes): the bad records are
+    collected on the way and refused together, once the file is read."""
+    records = iter(iter_records(path) if records is None else records)
+    first = next(records, None)
+    if first is None:
         raise DataError(f"{path}: no records")
-    if columns:
-        records = [_rename_columns(r, columns) for r in records]
-    if tags:
-        records = [_apply_tags(r, tags) for r in records]
-    kind = unsupported_kind(records[0])
+
+    def prepared(rec):
+        if columns:
+            rec = _rename_columns(rec, columns)
+        return _apply_tags(rec, tags) if tags else rec
+
+    first = prepared(first)
+    kind = unsupported_kind(first)
     if kind:
         raise DataError(f"{path}: {kind}")
     if formatting == "auto":
-        formatting = detect_format(records[0])
+        formatting = detect_format(first)
         if formatting is None:
-            raise DataError(f"{path}: record 0: unrecognised shape (keys: {_keys(records[0])}); "
+            raise DataError(f"{path}: record 0: unrecognised shape (keys: {_keys(first)}); "
                             "expected one of:\n" + "\n".join(f"    {f.name}: {f.example}" for f in FORMATS.values()))
     elif formatting not in FORMATS:
         raise DataError(f"formatting: unknown format {formatting!r}; choose auto or {', '.join(FORMATS)}")
-    fmt, out, problems = FORMATS[formatting], [], []
-    for i, rec in enumerate(records):
+    fmt, problems, count = FORMATS[formatting], [], 0
+    for i, rec in enumerate(itertools.chain([first], map(prepared, records))):
+        count += 1
         try:
             if not isinstance(rec, dict):
                 raise ValueError(f"expected an object, got {type(rec).__name__}")
@@ -385,14 +426,15 @@ def load_conversations(path: Path, formatting: str = "auto", columns: dict | Non
             reason = check_messages(msgs)
             if reason:
                 raise ValueError(reason)
-            out.append(msgs)
         except (ValueError, KeyError, TypeError) as e:
             problems.append(f"record {i}: {e if not isinstance(e, KeyError) else f'missing key {e}'}")
+            continue
+        if not problems:  # once a record is bad the file is refused: the rest are only checked
+            yield msgs
     if problems:
         more = [f"... and {len(problems) - MAX_LISTED} more"] if len(problems) > MAX_LISTED else []
         raise DataError(problems[:MAX_LISTED] + more,
-                        title=f"{path}: {len(problems)} of {len(records)} records cannot be used")
-    return out
+                        title=f"{path}: {len(problems)} of {count} records cannot be used")
 
 
 # dataset_info.json "columns" use LLaMA-Factory's names: {"prompt": "question", "response": "answer", ...}
@@ -554,14 +596,17 @@ def _entry_source(name: str, folder: Path, entry: dict) -> Source:
     raise DataError(f"{folder / 'dataset_info.json'}: entry {name!r} has no file_name (nor hf_hub_url)")
 
 
-def source_conversations(src: Source, cfg=None, fmt: str | None = None, replace: dict | None = None) -> list:
+def source_conversations(src: Source, cfg=None, fmt: str | None = None, replace: dict | None = None,
+                         stream: bool = False):
     """A dataset's conversations, as training and predict runs read them: its file (or Hub records), in the run's
-    `formatting` unless auto (else the dataset's), placeholders filled from the run's `replace`."""
+    `formatting` unless auto (else the dataset's), placeholders filled from the run's `replace`. A list, or with
+    `stream` an iterator that reads the file as it goes."""
     if cfg is not None:
         fmt, replace = (cfg.formatting if cfg.formatting != "auto" else src.formatting), cfg.replace
     records = hub_records(src) if src.hub else None
-    return fill_placeholders(load_conversations(src.path, fmt or src.formatting, src.columns, src.tags, records),
-                             replace)
+    conversations = iter_conversations(src.path, fmt or src.formatting, src.columns, src.tags, records)
+    filled = (fill_placeholders([c], replace)[0] for c in conversations) if replace else conversations
+    return filled if stream else list(filled)
 
 
 def hub_records(src: Source) -> list[dict]:
@@ -593,33 +638,113 @@ def convert(input: str | Path, output: str | Path, source_format: str = "auto") 
 
 # ---- tokenization --------------------------------------------------------------
 
-IGNORE = -100
+CHUNK = 4096  # conversations rendered and tokenized at a time
 
 
-@dataclass
-class Stats:
-    examples: int = 0
-    tokens: int = 0
-    trained_tokens: int = 0
-    truncated_turns: int = 0    # records that lost whole trailing turns to cutoff_len
-    truncated_answer: int = 0   # records whose only answer was cut mid-way (it loses its end-of-turn)
-    dropped: int = 0            # records with no trained token left after truncation
-    reasoning_lost: int = 0     # records whose final answer's reasoning the template does not render
-    eot_trained: bool = False
-    lengths: list[int] = field(default_factory=list)
-
-
-KEPT, CUT_TURNS, CUT_ANSWER, DROPPED = 0, 1, 2, 3  # what cutoff_len did to an example
-
-
-def encode(conversations: list[list[dict]], tokenizer, template, cutoff_len: int,
-           train_on_prompt: bool = False) -> tuple[list[dict], Stats]:
-    """Tokenize whole rendered texts once (batched) and label the tokens of trained spans."""
+def encode(conversations, tokenizer, template, cutoff_len: int, train_on_prompt: bool = False) -> tuple[Rows, Stats]:
+    """Tokenize whole rendered texts (batched) and label the tokens of trained spans: the kept examples (a Rows
+    view: each item {"input_ids", "labels"}) and their statistics."""
     return collect(encode_rows(conversations, tokenizer, template, cutoff_len, train_on_prompt))
 
 
-def encode_rows(conversations, tokenizer, template, cutoff_len: int, train_on_prompt: bool = False) -> list[dict]:
-    """One row per conversation: input_ids, labels, what the cutoff did (`cut`), whether end-of-turn is trained."""
+def encode_rows(conversations, tokenizer, template, cutoff_len: int, train_on_prompt: bool = False,
+                writer: RowsWriter | None = None) -> Rows:
+    """One row per conversation (any iterable of them, taken CHUNK at a time: a stream is never whole in memory),
+    into `writer` (a folder, for the cache) or memory. Each text is tokenized whole by the tokenizer's Rust backend,
+    batched on every core, and a token is trained when its characters overlap a trained span, found from the
+    spans' ends (`char_to_token`) instead of every token's offsets. `reference_rows` is the per-example path it
+    must equal; a tokenizer without a Rust backend takes that path."""
+    writer = writer if writer is not None else RowsWriter()
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    eot_ids = np.array(sorted(single_token_ids(tokenizer, template.stop)), dtype=np.int32)
+    try:
+        for chunk in _chunks(conversations, CHUNK):
+            if backend is None:
+                writer.add(*_columns_of(reference_rows(chunk, tokenizer, template, cutoff_len, train_on_prompt)))
+            else:
+                writer.add(*_encode_chunk(chunk, backend, template, cutoff_len, train_on_prompt, eot_ids))
+    except BaseException:
+        writer.abandon()
+        raise
+    return writer.finish()
+
+
+def _chunks(items, size: int):
+    chunk = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+@contextmanager
+def tokenizer_threads():
+    """The tokenizers library's Rust threads on for a batch (ftkit.model.quiet turns them off, so that processes
+    forked later, such as data loader workers, do not inherit a thread pool), and off again after."""
+    before = os.environ.get("TOKENIZERS_PARALLELISM")
+    os.environ["TOKENIZERS_PARALLELISM"] = "true"
+    try:
+        yield
+    finally:
+        os.environ["TOKENIZERS_PARALLELISM"] = before if before is not None else "false"
+
+
+def _encode_chunk(chunk, backend, template, cutoff_len: int, train_on_prompt: bool, eot_ids):
+    rendered = [weighted(c, template.render(c, tools=getattr(c, "tools", None))) for c in chunk]
+    with tokenizer_threads():
+        encodings = backend.encode_batch([r.text for r in rendered], add_special_tokens=False)
+    n = len(chunk)
+    cut, lost, text_eot = np.zeros(n, np.int8), np.zeros(n, np.bool_), np.zeros(n, np.bool_)
+    ids_parts, trained_parts, holes = [], [], set()
+    for k, (c, r, e) in enumerate(zip(chunk, rendered, encodings, strict=True)):
+        ids = np.array(e.ids, dtype=np.int32)
+        trained = np.ones(len(ids), np.uint8) if train_on_prompt else np.zeros(len(ids), np.uint8)
+        if not train_on_prompt:
+            for a, b in r.spans:
+                first, end = _span_tokens(e, a, b)
+                trained[first:end] = 1
+        if len(ids) > cutoff_len:
+            head = trained[:cutoff_len + 1]
+            ends = np.flatnonzero((head[:-1] == 1) & (head[1:] == 0)) + 1  # answers that end within the cutoff
+            end, cut[k] = (int(ends[-1]), CUT_TURNS) if len(ends) and not train_on_prompt else (cutoff_len, CUT_ANSWER)
+            ids, trained = ids[:end], trained[:end]
+        if not trained.any():
+            ids, trained, cut[k] = ids[:0], trained[:0], DROPPED
+        if not len(eot_ids):  # end-of-turn is not one token: look at the trained text
+            text_eot[k] = any(stop in r.text[a:b] for stop in template.stop for a, b in r.spans)
+        lost[k] = reasoning_lost(c, r.text)
+        holes.update(PLACEHOLDER.findall(r.text))
+        ids_parts.append(ids)
+        trained_parts.append(trained)
+    lengths = np.array([len(t) for t in ids_parts], dtype=np.int32)
+    ids, trained = np.concatenate(ids_parts), np.concatenate(trained_parts)
+    row = np.repeat(np.arange(n), lengths)
+    n_trained = np.bincount(row, weights=trained, minlength=n).astype(np.int32)
+    eot = (np.bincount(row[(trained == 1) & np.isin(ids, eot_ids)], minlength=n) > 0) if len(eot_ids) else text_eot
+    return ids, trained, lengths, n_trained, cut, eot, lost, holes
+
+
+def _span_tokens(encoding, a: int, b: int) -> tuple[int, int]:
+    """The tokens [first, end) whose characters overlap the character span [a, b) (none: (0, 0))."""
+    for pos in range(a, b):
+        first = encoding.char_to_token(pos)
+        if first is not None:
+            break
+    else:
+        return 0, 0
+    for pos in range(b - 1, a - 1, -1):
+        last = encoding.char_to_token(pos)
+        if last is not None:
+            return first, last + 1
+    return 0, 0
+
+
+def reference_rows(conversations, tokenizer, template, cutoff_len: int, train_on_prompt: bool = False) -> list[dict]:
+    """The per-example path (every token's offsets, Python lists): what `encode_rows` must equal, row for row.
+    One dict per conversation: input_ids, labels, what the cutoff did (`cut`), whether end-of-turn is trained."""
     if not conversations:
         return []
     rendered = [weighted(c, template.render(c, tools=getattr(c, "tools", None))) for c in conversations]
@@ -639,6 +764,18 @@ def encode_rows(conversations, tokenizer, template, cutoff_len: int, train_on_pr
         rows.append({"input_ids": ids, "labels": labels, "cut": cut, "eot": eot, "lost": reasoning_lost(c, r.text),
                      "holes": ",".join(sorted(set(PLACEHOLDER.findall(r.text))))})
     return rows
+
+
+def _columns_of(rows: list[dict]) -> tuple:
+    """Reference rows as the columns a RowsWriter takes."""
+    flat = lambda key: [x for row in rows for x in row[key]]  # noqa: E731
+    labels = np.array(flat("labels"), dtype=np.int64)
+    return (np.array(flat("input_ids"), dtype=np.int32), (labels != IGNORE).astype(np.uint8),
+            np.array([len(row["input_ids"]) for row in rows], dtype=np.int32),
+            np.array([sum(x != IGNORE for x in row["labels"]) for row in rows], dtype=np.int32),
+            np.array([row["cut"] for row in rows], dtype=np.int8), np.array([row["eot"] for row in rows], dtype=bool),
+            np.array([row["lost"] for row in rows], dtype=bool),
+            {h for row in rows if row["holes"] for h in row["holes"].split(",")})
 
 
 def weighted(messages: list[dict], rendered):
@@ -749,35 +886,19 @@ def token_pieces(tokenizer, ids: list[int]) -> list[tuple[str, int, int]]:
     return pieces
 
 
-def collect(rows: list[dict]) -> tuple[list[dict], Stats]:
-    """Training examples (dropped rows left out) and their statistics."""
-    stats, examples = Stats(), []
-    for row in rows:
-        if row["cut"] == DROPPED:
-            stats.dropped += 1
-            continue
-        stats.truncated_turns += row["cut"] == CUT_TURNS
-        stats.truncated_answer += row["cut"] == CUT_ANSWER
-        ids, labels = row["input_ids"], row["labels"]
-        stats.examples += 1
-        stats.tokens += len(ids)
-        stats.trained_tokens += sum(label != IGNORE for label in labels)
-        stats.lengths.append(len(ids))
-        stats.eot_trained = stats.eot_trained or row["eot"]
-        stats.reasoning_lost += bool(row.get("lost"))
-        examples.append({"input_ids": ids, "labels": labels})
-    return examples, stats
+def collect(rows: Rows) -> tuple[Rows, Stats]:
+    """Training examples (a view of the rows with a trained token left) and their statistics."""
+    return rows.kept(), rows.stats()
 
 
 # ---- the tokenization cache ----------------------------------------------------
-# A dataset file tokenized for one tokenizer, template and cutoff is kept, keyed by a hash of all of them, so the
-# next run on the same data reads the rows back instead of parsing and tokenizing again. A changed file, tokenizer,
-# template or setting gives another key. Files are Arrow IPC (no pickle), written atomically.
+# A dataset file tokenized for one tokenizer, template and cutoff is kept, keyed by a hash of all of them (the
+# file's bytes included), so the next run on the same data memory-maps the rows instead of parsing and tokenizing
+# again. A changed file, tokenizer, template or setting gives another key. Entries are folders of raw columns (no
+# pickle), written chunk by chunk and renamed into place when complete.
 
 def cache_dir() -> Path | None:
     """$FTKIT_CACHE_DIR (`off` disables the cache), else ~/.cache/ftkit/tokenized."""
-    import os
-
     where = os.environ.get("FTKIT_CACHE_DIR")
     if where == "off":
         return None
@@ -793,67 +914,52 @@ def _fingerprint(path: Path, tokenizer, template, cutoff_len: int, train_on_prom
     if backend is None:  # a slow (Python) tokenizer has no serialisable state to hash: no cache
         return None
     h = hashlib.sha256()
-    code = b"".join((Path(__file__).parent / f).read_bytes() for f in ("data.py", "templates.py"))  # how rows are made
-    content = b"".join(f.name.encode() + b"\0" + f.read_bytes() for f in data_files(path))
-    for part in (ftkit.__version__, code, content, backend.to_str(), template.jinja(), repr(template.stop),
-                 repr(getattr(template, "kwargs", None)),
-                 repr((cutoff_len, train_on_prompt, fmt, columns))):
+    code = b"".join((Path(__file__).parent / f).read_bytes() for f in ("data.py", "rows.py", "templates.py"))
+    for part in (ftkit.__version__, code, backend.to_str(), template.jinja(), repr(template.stop),
+                 repr(getattr(template, "kwargs", None)), repr((cutoff_len, train_on_prompt, fmt, columns))):
         h.update(part if isinstance(part, bytes) else part.encode())
         h.update(b"\0")
+    for f in data_files(path):  # the data, read in blocks: a file of gigabytes is never whole in memory
+        h.update(f.name.encode() + b"\0")
+        with f.open("rb") as data:
+            while block := data.read(1 << 22):
+                h.update(block)
     return h.hexdigest()[:32]
 
 
 def encoded_source(src: Source, fmt: str, tokenizer, template, cutoff_len: int, train_on_prompt: bool,
-                   replace: dict | None = None) -> list[dict]:
-    """The rows of one dataset file, from the cache when this exact tokenization was done before."""
+                   replace: dict | None = None) -> Rows:
+    """The rows of one dataset, memory-mapped from the cache when this exact tokenization was done before; else
+    tokenized chunk by chunk into the cache (or memory, with the cache off)."""
     root = cache_dir()
     key = root and not src.hub and _fingerprint(src.path, tokenizer, template, cutoff_len, train_on_prompt, fmt,
                                                  (src.columns, src.tags, sorted((replace or {}).items())))
-    if key and (root / f"{key}.arrow").exists():
+    if key and (root / key / "rows.json").exists():
         try:
-            return _read_rows(root / f"{key}.arrow")
+            return Rows.load(root / key)
         except Exception:  # noqa: BLE001 - an unreadable cache entry is only a miss
             pass
-    rows = encode_rows(source_conversations(src, fmt=fmt, replace=replace), tokenizer, template, cutoff_len,
-                       train_on_prompt)
-    if key:
-        try:
-            _write_rows(rows, root / f"{key}.arrow")
-        except OSError:  # a read-only home or a full disk costs the cache, not the run
-            pass
-    return rows
-
-
-def _write_rows(rows: list[dict], path: Path) -> None:
-    import os
-
-    import pyarrow as pa
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    table = pa.table({k: [r[k] for r in rows] for k in ("input_ids", "labels", "cut", "eot", "lost", "holes")})
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    with pa.OSFile(str(tmp), "wb") as f, pa.ipc.new_file(f, table.schema) as w:
-        w.write_table(table)
-    os.replace(tmp, path)
-
-
-def _read_rows(path: Path) -> list[dict]:
-    import pyarrow as pa
-
-    with pa.memory_map(str(path)) as f:
-        return pa.ipc.open_file(f).read_all().to_pylist()
+    writer = RowsWriter(root / key) if key else None
+    try:
+        return encode_rows(source_conversations(src, fmt=fmt, replace=replace, stream=True), tokenizer, template,
+                           cutoff_len, train_on_prompt, writer)
+    except OSError:  # a read-only home or a full disk costs the cache, not the run
+        if not key:
+            raise
+    return encode_rows(source_conversations(src, fmt=fmt, replace=replace, stream=True), tokenizer, template,
+                       cutoff_len, train_on_prompt)
 
 
 @dataclass
 class Prepared:
-    train: list[dict]
-    eval: list[dict]
+    train: Rows
+    eval: Rows
     stats: Stats
     sources: list[Source]
 
 
 def dataset_rows(cfg, tokenizer, template, cutoff_len: int, names: list[str] | None = None
-                 ) -> tuple[list[dict], list[Source]]:
+                 ) -> tuple[Rows, list[Source]]:
     """Every dataset of a run config (or those `names`) tokenized (one row per conversation, in file order,
     max_samples a file), tokenized once per file and cached."""
     sources = resolve_datasets(cfg.datasets if names is None else names, cfg.dataset_dir)
@@ -861,17 +967,22 @@ def dataset_rows(cfg, tokenizer, template, cutoff_len: int, names: list[str] | N
     for src in sources:
         fmt = cfg.formatting if cfg.formatting != "auto" else src.formatting
         part = encoded_source(src, fmt, tokenizer, template, cutoff_len, cfg.train_on_prompt, cfg.replace)
-        holes = sorted({h for r in part if r.get("holes") for h in r["holes"].split(",")})
-        if holes:
-            src.placeholders = holes
+        if part.holes:
+            src.placeholders = list(part.holes)
+        index = list(range(len(part)))
         if src.num_samples:  # dataset_info.json's num_samples: a seeded draw, repeating when more than there are
             pick = random.Random(cfg.seed)
             n = src.num_samples
-            part = pick.sample(part, n) if n <= len(part) else part * (n // len(part)) + pick.sample(part, n % len(part))
-        parts.append(part[: cfg.max_samples] if cfg.max_samples else part)
+            index = pick.sample(index, n) if n <= len(index) else \
+                index * (n // len(index)) + pick.sample(index, n % len(index))
+        parts.append(part.select(index[: cfg.max_samples] if cfg.max_samples else index))
     if names is None and cfg.mix_strategy != "concat" and len(parts) > 1:
-        return interleave(parts, cfg.mix_probs, cfg.mix_strategy == "interleave_over", cfg.seed), sources
-    return [row for part in parts for row in part], sources
+        whole = Rows.concat(parts)
+        starts = np.cumsum([0] + [len(part) for part in parts])
+        picks = interleave([list(range(a, a + len(part))) for a, part in zip(starts, parts)], cfg.mix_probs,
+                           cfg.mix_strategy == "interleave_over", cfg.seed)
+        return whole.select(picks), sources
+    return Rows.concat(parts), sources
 
 
 def interleave(parts: list[list], probs: list[float] | None, until_all: bool, seed: int) -> list:
@@ -921,25 +1032,19 @@ def tokenized(cfg, tokenizer, template) -> Prepared:
             changed = ", ".join(k for k in key if saved.get(k) != key[k])
             raise DataError(f"tokenized_path: {folder} was tokenized with another {changed}; use a new "
                             "tokenized_path (or empty this one) to tokenize again")
-        train, stats = collect(_read_rows(folder / "train.arrow"))
-        evals, _ = collect(_read_rows(folder / "eval.arrow")) if (folder / "eval.arrow").exists() else ([], None)
+        train, stats = collect(Rows.load(folder / "train"))
+        evals = Rows.load(folder / "eval").kept() if (folder / "eval").exists() else RowsWriter().finish()
         return Prepared(train, evals, stats, [])
     if folder.exists() and any(folder.iterdir()):
         raise DataError(f"tokenized_path: {folder} holds other files; name a new or empty folder")
     prepared = prepare(cfg, tokenizer, template, use_tokenized=False)
     from ftkit.folders import partial_dir, replace_dir
 
-    eot_ids = set(single_token_ids(tokenizer, template.stop))
-
-    def rows(examples):  # collect() keeps ids and labels; the rest of a row as a cache row has it
-        return [{**e, "cut": KEPT, "eot": any(label in eot_ids for label in e["labels"]), "lost": False, "holes": ""}
-                for e in examples]
-
     tmp = partial_dir(folder)
     tmp.mkdir(parents=True, exist_ok=True)
-    _write_rows(rows(prepared.train), tmp / "train.arrow")
-    if prepared.eval:
-        _write_rows(rows(prepared.eval), tmp / "eval.arrow")
+    prepared.train.save(tmp / "train")
+    if len(prepared.eval):
+        prepared.eval.save(tmp / "eval")
     (tmp / TOKENIZED).write_text(json.dumps(key, indent=1) + "\n", encoding="utf-8")
     replace_dir(tmp, folder)
     raise Tokenized(f"tokenized {prepared.stats.examples:,} examples ({len(prepared.eval):,} held out) into "
@@ -952,17 +1057,18 @@ def prepare(cfg, tokenizer, template, use_tokenized: bool = True) -> Prepared:
     if cfg.tokenized_path and use_tokenized:
         return tokenized(cfg, tokenizer, template)
     rows, sources = dataset_rows(cfg, tokenizer, template, cfg.cutoff_len)
-    random.Random(cfg.seed).shuffle(rows)
+    order = list(range(len(rows)))
+    random.Random(cfg.seed).shuffle(order)
     n_eval = int(cfg.val_size) if cfg.val_size >= 1 else round(len(rows) * cfg.val_size)
     if n_eval >= len(rows):
         raise DataError(f"val_size: {cfg.val_size} leaves no training examples out of {len(rows)}")
-    train, stats = collect(rows[n_eval:])
-    evals, _ = collect(rows[:n_eval])
+    train, stats = collect(rows.select(order[n_eval:]))
+    evals, _ = collect(rows.select(order[:n_eval]))
     if cfg.eval_dataset:  # a separate evaluation set (LLaMA-Factory's eval_dataset)
         eval_rows, eval_sources = dataset_rows(cfg, tokenizer, template, cfg.cutoff_len, cfg.eval_datasets)
         evals, _ = collect(eval_rows)
         sources = sources + eval_sources
-    if not train:
+    if not len(train):
         raise DataError(f"cutoff_len: {cfg.cutoff_len} tokens leaves no trained token in any of "
                         f"{len(rows) - n_eval} examples (every prompt is longer); raise cutoff_len")
     return Prepared(train, evals, stats, sources)

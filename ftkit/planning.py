@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ftkit.config import RUN_CONFIG, RunConfig
 from ftkit.errors import ConfigError, DataError
 from ftkit.model import quiet
@@ -40,10 +42,11 @@ class Plan:
         from ftkit.model import device
 
         cfg, stats = self.config, self.data.stats
-        lengths = sorted(stats.lengths)
+        lengths = np.sort(stats.lengths)
         return dict(
             examples=stats.examples, eval_examples=len(self.data.eval), tokens=stats.tokens,
-            length_median=lengths[len(lengths) // 2], length_max=lengths[-1], trained_tokens=stats.trained_tokens,
+            length_median=int(lengths[len(lengths) // 2]), length_max=int(lengths[-1]),
+            trained_tokens=stats.trained_tokens,
             eot_trained=stats.eot_trained, truncated=_truncation_text(cfg, stats),
             trainable_params=self.counts["trainable"], total_params=self.counts["total"], max_steps=self.max_steps,
             batch_tokens=_batch_text(cfg, packed), packed=packed, device=device(), model=cfg.model_name_or_path,
@@ -71,7 +74,7 @@ def plan(config) -> Plan:
                         "and cutoff_len")
     skeleton = M.skeleton(cfg, model_path, tokenizer)
     counts = memory.model_counts(skeleton)
-    seq_len = min(cfg.cutoff_len, max(stats.lengths))
+    seq_len = min(cfg.cutoff_len, int(stats.lengths.max()))
     def size(c: RunConfig):
         return memory.estimate(c, skeleton.config, counts, c.per_device_train_batch_size, seq_len)
 

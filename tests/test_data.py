@@ -220,8 +220,9 @@ def test_tokenized_data_is_cached_and_a_changed_file_is_tokenized_again(tiny_tok
     t = get_template("auto", tiny_tokenizer)
     cfg = RunConfig.from_dict({"dataset": str(data), "val_size": 10, "seed": 3})
     first = prepare(cfg, tiny_tokenizer, t)
-    (entry,) = (tmp_path / "cache").glob("*.arrow")
-    assert entry.read_bytes()[:6] == b"ARROW1"  # Arrow IPC, nothing pickled
+    (entry,) = (tmp_path / "cache").glob("*/rows.json")
+    assert sorted(f.name for f in entry.parent.iterdir()) == [  # raw columns, nothing pickled
+        "cut.bin", "eot.bin", "ids.bin", "lengths.bin", "lost.bin", "n_trained.bin", "rows.json", "trained.bin"]
 
     def no_tokenizing(*a, **kw):
         raise AssertionError("tokenized again")
@@ -237,16 +238,16 @@ def test_tokenized_data_is_cached_and_a_changed_file_is_tokenized_again(tiny_tok
     records[0]["conversation"][-1]["content"] = "A changed answer."
     data.write_text(json.dumps(records, ensure_ascii=False), "utf-8")
     changed = prepare(cfg, tiny_tokenizer, t)
-    assert len(list((tmp_path / "cache").glob("*.arrow"))) == 2
-    text = [tiny_tokenizer.decode(ex["input_ids"]) for ex in changed.train + changed.eval]
+    assert len(list((tmp_path / "cache").glob("*/rows.json"))) == 2
+    text = [tiny_tokenizer.decode(ex["input_ids"]) for ex in [*changed.train, *changed.eval]]
     assert sum("A changed answer." in x for x in text) == 1
     assert prepare(cfg.__class__.from_dict({**cfg.to_dict(), "cutoff_len": 20}), tiny_tokenizer, t).stats != \
         changed.stats  # another setting, another entry
-    assert len(list((tmp_path / "cache").glob("*.arrow"))) == 3
+    assert len(list((tmp_path / "cache").glob("*/rows.json"))) == 3
 
     monkeypatch.setenv("FTKIT_CACHE_DIR", "off")
     assert prepare(cfg, tiny_tokenizer, t).train == changed.train
-    assert len(list((tmp_path / "cache").glob("*.arrow"))) == 3
+    assert len(list((tmp_path / "cache").glob("*/rows.json"))) == 3
 
 
 def test_tool_calling_records_keep_their_tools_through_convert(tmp_path):

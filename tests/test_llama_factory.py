@@ -336,7 +336,7 @@ def test_tokenized_path_tokenizes_once_then_trains_from_it(workdir, monkeypatch,
     args = ["train", "examples/train_lora/qwen3_preprocess.yaml", "model_name_or_path=tiny", f"tokenized_path={folder}",
             f"output_dir={workdir / 'run'}", "max_samples=20"]
     assert main(args) == 0
-    assert "tokenized 40 examples (0 held out) into" in capsys.readouterr().out and (folder / "train.arrow").exists()
+    assert "tokenized 40 examples (0 held out) into" in capsys.readouterr().out and (folder / "train" / "rows.json").exists()
     plan = ftkit.plan({"model_name_or_path": "tiny", "template": "qwen3_nothink", "tokenized_path": str(folder),
                        "cutoff_len": 2048, "output_dir": str(workdir / "run")})  # no dataset needed now
     assert plan.data.stats.examples == 40 and plan.data.stats.eot_trained

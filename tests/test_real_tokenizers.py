@@ -126,3 +126,49 @@ def test_tool_calling_and_reasoning_files_train_on_a_real_tokenizer(tmp_path):
     assert trained.startswith('Action: get_weather\nAction Input: {"city": "Paris"}<|eot_id|>') and \
         "巴黎现在22度。<|eot_id|>" in trained and "temp_c" not in trained
     assert "> Tool Name: get_weather\nTool Description: Weather in a city\n" in tok.decode(row["input_ids"])
+
+
+def mixed_conversations(n=3000, seed=0):
+    """n conversations built from the demo set: 1 to 5 turns, English and Chinese, some with a system prompt, some
+    answers with reasoning, some with {{placeholders}}, lengths from a few tokens to a few thousand."""
+    import random
+
+    records = json.loads((DATA / "demo_zh_en.json").read_text(encoding="utf-8"))
+    pairs = [r["conversation"][i:i + 2] for r in records for i in range(0, len(r["conversation"]) - 1, 2)
+             if r["conversation"][i]["role"] == "user"]
+    rng = random.Random(seed)
+    out = []
+    for k in range(n):
+        conv = [{"role": "system", "content": rng.choice(["Be brief.", "你是一个助手。", "Answer as {{name}}."])}] \
+            if rng.random() < 0.4 else []
+        for _ in range(1 if rng.random() < 0.5 else rng.randint(2, 5)):
+            user, answer = rng.choice(pairs)
+            text = " ".join([answer["content"]] * (1 + int(rng.expovariate(0.3))))
+            if rng.random() < 0.15:
+                text = f"<think>\n{rng.choice(pairs)[1]['content']}\n</think>\n\n{text}"
+            conv += [dict(user), {"role": "assistant", "content": text}]
+        out.append(conv)
+    return out
+
+
+@pytest.mark.parametrize("vocab, kind", [("llama-bpe", "builtin"), ("llama-bpe", "auto"), ("qwen2", "builtin"),
+                                         ("qwen2", "auto")])
+def test_the_fast_batch_path_equals_the_per_example_path(vocab, kind):
+    """encode_rows (batched on the Rust backend, trained tokens from the spans' ends, columns) gives the rows the
+    reference path (every token's offsets, per example) gives, on 3,000 mixed conversations, with cutoffs that keep
+    everything, cut after whole answers and cut mid-answer, and with train_on_prompt."""
+    from ftkit.data import encode_rows, reference_rows
+
+    tok, template = tokenizer_and_template(vocab, kind)
+    convs, seen = mixed_conversations(), set()
+    for cutoff, on_prompt in ((8192, False), (160, False), (24, False), (160, True)):
+        fast = encode_rows(iter(convs), tok, template, cutoff, on_prompt)
+        reference = reference_rows(convs, tok, template, cutoff, on_prompt)
+        assert len(fast) == len(reference) == len(convs)
+        for k, (row, ref) in enumerate(zip(fast, reference)):
+            assert (row["input_ids"], row["labels"]) == (ref["input_ids"], ref["labels"]), (cutoff, on_prompt, k)
+        assert fast.cut.tolist() == [r["cut"] for r in reference], (cutoff, on_prompt)
+        assert fast.eot.tolist() == [r["eot"] for r in reference] and fast.lost.tolist() == [r["lost"] for r in reference]
+        assert set(fast.holes) == {h for r in reference if r["holes"] for h in r["holes"].split(",")} == {"name"}
+        seen |= set(fast.cut.tolist())
+    assert seen == {0, 1, 2, 3}, "the cases this test is about: kept, cut after answers, mid-answer, dropped"

@@ -8,6 +8,8 @@ import base64
 import html
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from ftkit.data import IGNORE
 from ftkit.model import quiet
 
@@ -30,10 +32,10 @@ class Preview:
 
     @property
     def over_cutoff(self) -> int:
-        return sum(n > self.cutoff_len for n in self.lengths)
+        return int((np.asarray(self.lengths) > self.cutoff_len).sum())
 
     def stats_text(self) -> str:
-        s = sorted(self.lengths)
+        s = np.sort(self.lengths)
         return (f"{len(s):,} examples, template {self.template}: tokens per example median {s[len(s) // 2]}, "
                 f"max {s[-1]}; {self.over_cutoff} longer than cutoff_len {self.cutoff_len}; "
                 f"{100 * self.trained_share:.0f}% of tokens trained; end-of-turn trained: "
