@@ -65,6 +65,10 @@ class RunConfig:
     eval_dataset: str | None = _f(None, "Dataset(s) to evaluate on instead of holding out part of `dataset`, "
                                         "comma-separated, like `dataset`.")
     max_samples: int | None = _f(None, "Use at most this many examples from each dataset.")
+    streaming: bool = _f(False, "Read and tokenize the data as training goes, a chunk at a time, never the whole set "
+                                "(for sets larger than memory): needs max_steps; the pre-flight figures come from "
+                                "the first examples.")
+    buffer_size: int = _f(16384, "streaming: examples held and drawn from at random (a shuffle buffer, seeded).")
     cutoff_len: int = _f(1024, "Maximum tokens per example; longer ones are cut at the last whole answer that fits.")
     packing: bool | None = _f(None, "Padding-free batches: a batch's examples end to end in one row, attention kept "
                                     "within each (same loss, no padding). Default: on where the model supports it.")
@@ -230,6 +234,16 @@ class RunConfig:
                      "training data, not both")
         if self.max_samples is not None and self.max_samples < 1:
             p.append(f"max_samples: must be at least 1, got {self.max_samples}")
+        if self.streaming:
+            p += [m for m in (
+                self.max_steps <= 0 and "streaming: a stream has no length to count epochs in; set max_steps",
+                self.buffer_size < 1 and f"buffer_size: must be at least 1, got {self.buffer_size}",
+                0 < self.val_size < 1 and f"val_size: {self.val_size} is a share, and a stream has no length to "
+                "take it of; with streaming give a number of examples (the stream's first ones are held out)",
+                self.tokenized_path and "tokenized_path: tokenizing the whole set ahead is what streaming avoids; "
+                "use one or the other",
+                self.mix_strategy != "concat" and f"mix_strategy: {self.mix_strategy} is not available with "
+                "streaming (datasets are read one after another: concat)") if m]
         if self.eval_steps is not None and self.eval_steps < 1:
             p.append(f"eval_steps: must be at least 1, got {self.eval_steps}")
         if not 0 <= self.lora_dropout < 1:
@@ -383,7 +397,6 @@ LF_REFUSED = {
 
     **_group("task task_dir batch_size lang n_shot save_dir download_mode", "benchmark evaluation (MMLU, C-Eval)"),
     **_group("eval_num_beams eval_on_each_dataset", "a separate evaluation dataset"),
-    **_group("streaming buffer_size", "streaming datasets"),
     **_group("mask_history", "training only the last turn (every answer trains)"),
     **_group("neat_packing block_diag_attn", "neat packing (packing keeps attention within each example already)"),
     **_group("tool_format", "a tool format other than the model's own template's"),

@@ -658,7 +658,7 @@ def encode_rows(conversations, tokenizer, template, cutoff_len: int, train_on_pr
     backend = getattr(tokenizer, "backend_tokenizer", None)
     eot_ids = np.array(sorted(single_token_ids(tokenizer, template.stop)), dtype=np.int32)
     try:
-        for chunk in _chunks(conversations, CHUNK):
+        for chunk in chunks(conversations, CHUNK):
             if backend is None:
                 writer.add(*_columns_of(reference_rows(chunk, tokenizer, template, cutoff_len, train_on_prompt)))
             else:
@@ -669,7 +669,8 @@ def encode_rows(conversations, tokenizer, template, cutoff_len: int, train_on_pr
     return writer.finish()
 
 
-def _chunks(items, size: int):
+def chunks(items, size: int):
+    """Lists of `size` items (the last one shorter) from any iterable."""
     chunk = []
     for item in items:
         chunk.append(item)
@@ -680,10 +681,19 @@ def _chunks(items, size: int):
         yield chunk
 
 
+_THREADS_PID = None  # the process whose tokenizer threads were started
+
+
 @contextmanager
 def tokenizer_threads():
     """The tokenizers library's Rust threads on for a batch (ftkit.model.quiet turns them off, so that processes
-    forked later, such as data loader workers, do not inherit a thread pool), and off again after."""
+    forked later, such as data loader workers, do not inherit a thread pool), and off again after. A process forked
+    after they ran (a data loader worker) has no such threads and must not ask for them: it tokenizes on one."""
+    global _THREADS_PID
+    if _THREADS_PID not in (None, os.getpid()):
+        yield
+        return
+    _THREADS_PID = os.getpid()
     before = os.environ.get("TOKENIZERS_PARALLELISM")
     os.environ["TOKENIZERS_PARALLELISM"] = "true"
     try:

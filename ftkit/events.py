@@ -6,7 +6,8 @@ Events are plain dicts with a `kind`, so they cross process boundaries as JSON
 lines unchanged. A subscriber that returns "stop" asks the run to end after the
 current step (a Stop button does this); what was trained is saved.
 
-    begin  {examples, eval_examples, tokens, length_median, length_max, trained_tokens, eot_trained, truncated, trainable_params,
+    begin  {examples, eval_examples, tokens, length_median, length_max, trained_tokens, sampled (streaming: the figures are
+            of the stream's first `sampled` examples), eot_trained, truncated, trainable_params,
             total_params, max_steps, batch_tokens, device, model, finetuning, output_dir, memory, memory_mb,
             memory_available_mb, accepted, placeholders, note, config}
     step   {step, max_steps, epoch, loss, lr, grad_norm, tokens_per_s, memory_mb, memory_total_mb,
@@ -151,7 +152,8 @@ def preflight_text(e: Event) -> str:
     trainable, total = e["trainable_params"], e["total_params"]
     lines = [
         f"ftkit run -> {e['output_dir']}",
-        f"  data     {e['examples']:,} examples ({e['eval_examples']:,} held out), {e['tokens']:,} tokens "
+        f"  data     {'streaming, the first ' if e.get('sampled') else ''}{e['examples']:,} examples "
+        f"({e['eval_examples']:,} held out), {e['tokens']:,} tokens "
         f"(median {e['length_median']}, longest {e['length_max']}), {e['trained_tokens']:,} trained "
         f"({100 * e['trained_tokens'] / max(e['tokens'], 1):.0f}%)",
         f"  labels   end-of-turn token trained: {'yes' if e['eot_trained'] else 'NO'}",

@@ -46,7 +46,7 @@ class Plan:
         return dict(
             examples=stats.examples, eval_examples=len(self.data.eval), tokens=stats.tokens,
             length_median=int(lengths[len(lengths) // 2]), length_max=int(lengths[-1]),
-            trained_tokens=stats.trained_tokens,
+            trained_tokens=stats.trained_tokens, sampled=stats.sampled,
             eot_trained=stats.eot_trained, truncated=_truncation_text(cfg, stats),
             trainable_params=self.counts["trainable"], total_params=self.counts["total"], max_steps=self.max_steps,
             batch_tokens=_batch_text(cfg, packed), packed=packed, device=device(), model=cfg.model_name_or_path,
@@ -66,7 +66,12 @@ def plan(config) -> Plan:
     model_path = M.resolve(cfg.model_name_or_path)
     tokenizer = M.load_tokenizer(model_path, cfg.tokenizer_name_or_path, cfg.trust_remote_code, cfg.added_tokens)
     template = templates.get_template(cfg.template, tokenizer, M.model_type(model_path), cfg.enable_thinking)
-    prepared = data.prepare(cfg, tokenizer, template)
+    if cfg.streaming:
+        from ftkit import streaming
+
+        prepared = streaming.prepare(cfg, tokenizer, template)
+    else:
+        prepared = data.prepare(cfg, tokenizer, template)
     stats = prepared.stats
     if not stats.eot_trained and not cfg.train_on_prompt:
         raise DataError(f"template {cfg.template}: its end-of-turn marker ({' / '.join(template.stop)}) is never "
@@ -94,9 +99,11 @@ def plan(config) -> Plan:
             "(raise gradient_accumulation_steps to keep the batch), lower cutoff_len, set gradient_checkpointing: "
             "true, or use QLoRA (quantization_bit: 4); ignore_memory_estimate: true tries anyway")
     world = int(os.environ.get("WORLD_SIZE", 1))
-    per_epoch = math.ceil(len(prepared.train) / (cfg.per_device_train_batch_size * world))
-    updates = math.ceil(per_epoch / cfg.gradient_accumulation_steps)
-    max_steps = cfg.max_steps if cfg.max_steps > 0 else math.ceil(updates * cfg.num_train_epochs)
+    if cfg.max_steps > 0:  # a stream (streaming: true) has no length: it always names max_steps
+        max_steps = cfg.max_steps
+    else:
+        per_epoch = math.ceil(len(prepared.train) / (cfg.per_device_train_batch_size * world))
+        max_steps = math.ceil(math.ceil(per_epoch / cfg.gradient_accumulation_steps) * cfg.num_train_epochs)
     args = training_arguments(cfg, max_steps, evaluate=bool(prepared.eval))
     return Plan(cfg, model_path, tokenizer, template, prepared, counts, max_steps, estimate, budget, args, note)
 
@@ -212,6 +219,9 @@ def training_arguments(cfg: RunConfig, max_steps: int, evaluate: bool):
         disable_tqdm=True, remove_unused_columns=False, dataloader_pin_memory=torch.cuda.is_available(),
         use_cpu=not torch.cuda.is_available(),
     )
+    if cfg.streaming:  # each process reads the stream and takes its batches: accelerate's dispatching (the first
+        # process reads, the others are sent slices) would cut the packed batch's per-position fields to its rows
+        kwargs["accelerator_config"] = {"dispatch_batches": False}
     try:
         return TrainingArguments(**{**kwargs, **cfg.extra})
     except (ValueError, TypeError) as e:

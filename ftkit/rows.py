@@ -36,6 +36,7 @@ class Stats:
     dropped: int = 0            # records with no trained token left after truncation
     reasoning_lost: int = 0     # records whose final answer's reasoning the template does not render
     eot_trained: bool = False
+    sampled: int = 0            # the figures are of a stream's first `sampled` examples (0: of every example)
     lengths: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))  # of the kept examples
 
     def __eq__(self, other) -> bool:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import html
+import itertools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -15,6 +16,7 @@ from ftkit.model import quiet
 
 TRAINED_STYLE = "background:#c8f7c5;color:#064;"   # tokens the loss is computed on
 MASKED_STYLE = "background:#f0f0f0;color:#888;"    # prompt/system tokens: seen, not trained
+SAMPLE = 2000  # conversations of each dataset a preview reads (the first ones): a preview samples, never scans
 TOKEN_STYLE = "border-right:1px solid #fff;padding:0 1px;white-space:pre-wrap;font-family:monospace;"
 
 
@@ -29,6 +31,7 @@ class Preview:
     template: str
     trained_share: float
     eot_trained: bool
+    sampled: bool = False                   # the figures are of each dataset's first SAMPLE conversations
 
     @property
     def over_cutoff(self) -> int:
@@ -36,7 +39,8 @@ class Preview:
 
     def stats_text(self) -> str:
         s = np.sort(self.lengths)
-        return (f"{len(s):,} examples, template {self.template}: tokens per example median {s[len(s) // 2]}, "
+        return (f"{len(s):,} examples{' (the first of each dataset: sampled)' if self.sampled else ''}, template "
+                f"{self.template}: tokens per example median {s[len(s) // 2]}, "
                 f"max {s[-1]}; {self.over_cutoff} longer than cutoff_len {self.cutoff_len}; "
                 f"{100 * self.trained_share:.0f}% of tokens trained; end-of-turn trained: "
                 f"{'yes' if self.eot_trained else 'NO (the model would never learn to stop)'}")
@@ -99,7 +103,13 @@ def preview(dataset, template: str = "auto", model: str = "tiny", n: int = 3, **
     path = M.resolve(cfg.model_name_or_path)
     tokenizer = M.load_tokenizer(path, cfg.tokenizer_name_or_path, cfg.trust_remote_code, cfg.added_tokens)
     tmpl = templates.get_template(cfg.template, tokenizer, M.model_type(path), cfg.enable_thinking)
-    rows, _ = data.dataset_rows(cfg, tokenizer, tmpl, 10**9)  # whole examples: lengths before the cutoff
+    conversations, sampled = [], False
+    for src in data.resolve_datasets(cfg.datasets, cfg.dataset_dir):  # a sample, not a scan: the first ones
+        limit = min(SAMPLE, cfg.max_samples or SAMPLE)
+        first = list(itertools.islice(data.source_conversations(src, cfg, stream=True), limit + 1))
+        sampled = sampled or (len(first) > limit and limit == SAMPLE)  # more there than max_samples would take
+        conversations += first[:limit]
+    rows = data.encode_rows(conversations, tokenizer, tmpl, 10**9, cfg.train_on_prompt)  # lengths before the cutoff
     _, whole = data.collect(rows)
     examples = []
     for row in rows:
@@ -110,7 +120,7 @@ def preview(dataset, template: str = "auto", model: str = "tiny", n: int = 3, **
         if len(examples) == n:
             break
     return Preview(examples, whole.lengths, cfg.cutoff_len, tmpl.name, whole.trained_tokens / max(whole.tokens, 1),
-                   whole.eot_trained)
+                   whole.eot_trained, sampled)
 
 
 @dataclass
