@@ -662,7 +662,7 @@ def encode_rows(conversations, tokenizer, template, cutoff_len: int, train_on_pr
             if backend is None:
                 writer.add(*_columns_of(reference_rows(chunk, tokenizer, template, cutoff_len, train_on_prompt)))
             else:
-                writer.add(*_encode_chunk(chunk, backend, template, cutoff_len, train_on_prompt, eot_ids))
+                writer.add(*_encode_chunk(chunk, tokenizer, template, cutoff_len, train_on_prompt, eot_ids))
     except BaseException:
         writer.abandon()
         raise
@@ -702,19 +702,31 @@ def tokenizer_threads():
         os.environ["TOKENIZERS_PARALLELISM"] = before if before is not None else "false"
 
 
-def _encode_chunk(chunk, backend, template, cutoff_len: int, train_on_prompt: bool, eot_ids):
-    rendered = [weighted(c, template.render(c, tools=getattr(c, "tools", None))) for c in chunk]
+def _tokenized(tokenizer, rendered) -> list[tuple]:
+    """(token ids, the token range of each trained span) per rendered text: through tiktoken where it reproduces
+    the tokenizer (ftkit.fastbpe), else the tokenizers library's Rust backend on every core."""
+    from ftkit import fastbpe
+
+    texts = [r.text for r in rendered]
+    fast = fastbpe.for_tokenizer(tokenizer)
+    ids = fast.encode(texts) if fast else None
+    if ids is not None:
+        return [(i, fast.span_tokens(r.text, i, r.spans)) for i, r in zip(ids, rendered)]
     with tokenizer_threads():
-        encodings = backend.encode_batch([r.text for r in rendered], add_special_tokens=False)
+        encodings = tokenizer.backend_tokenizer.encode_batch(texts, add_special_tokens=False)
+    return [(np.array(e.ids, dtype=np.int32), [_span_tokens(e, a, b) for a, b in r.spans])
+            for e, r in zip(encodings, rendered)]
+
+
+def _encode_chunk(chunk, tokenizer, template, cutoff_len: int, train_on_prompt: bool, eot_ids):
+    rendered = [weighted(c, template.render(c, tools=getattr(c, "tools", None))) for c in chunk]
     n = len(chunk)
     cut, lost, text_eot = np.zeros(n, np.int8), np.zeros(n, np.bool_), np.zeros(n, np.bool_)
     ids_parts, trained_parts, holes = [], [], set()
-    for k, (c, r, e) in enumerate(zip(chunk, rendered, encodings, strict=True)):
-        ids = np.array(e.ids, dtype=np.int32)
+    for k, (c, r, (ids, ranges)) in enumerate(zip(chunk, rendered, _tokenized(tokenizer, rendered), strict=True)):
         trained = np.ones(len(ids), np.uint8) if train_on_prompt else np.zeros(len(ids), np.uint8)
         if not train_on_prompt:
-            for a, b in r.spans:
-                first, end = _span_tokens(e, a, b)
+            for first, end in ranges:
                 trained[first:end] = 1
         if len(ids) > cutoff_len:
             head = trained[:cutoff_len + 1]

@@ -151,15 +151,21 @@ def mixed_conversations(n=3000, seed=0):
     return out
 
 
-@pytest.mark.parametrize("vocab, kind", [("llama-bpe", "builtin"), ("llama-bpe", "auto"), ("qwen2", "builtin"),
-                                         ("qwen2", "auto")])
-def test_the_fast_batch_path_equals_the_per_example_path(vocab, kind):
-    """encode_rows (batched on the Rust backend, trained tokens from the spans' ends, columns) gives the rows the
-    reference path (every token's offsets, per example) gives, on 3,000 mixed conversations, with cutoffs that keep
-    everything, cut after whole answers and cut mid-answer, and with train_on_prompt."""
+@pytest.mark.parametrize("vocab, kind, path", [
+    ("llama-bpe", "builtin", "tiktoken"), ("llama-bpe", "auto", "tiktoken"), ("qwen2", "builtin", "tiktoken"),
+    ("qwen2", "auto", "tiktoken"), ("deepseek-llm", "builtin", "tiktoken"), ("phi-3", "builtin", "library"),
+    ("qwen2", "builtin", "library")])
+def test_the_fast_batch_path_equals_the_per_example_path(vocab, kind, path, monkeypatch):
+    """encode_rows (batched through tiktoken where it reproduces the tokenizer, else the tokenizers library's Rust
+    backend; trained tokens from the spans' ends; columns) gives the rows the reference path (every token's offsets,
+    per example) gives, on 3,000 mixed conversations, with cutoffs that keep everything, cut after whole answers
+    and cut mid-answer, and with train_on_prompt."""
+    from ftkit import fastbpe
     from ftkit.data import encode_rows, reference_rows
 
     tok, template = tokenizer_and_template(vocab, kind)
+    if path == "library":
+        monkeypatch.setattr(fastbpe, "for_tokenizer", lambda tokenizer: None)
     convs, seen = mixed_conversations(), set()
     for cutoff, on_prompt in ((8192, False), (160, False), (24, False), (160, True)):
         fast = encode_rows(iter(convs), tok, template, cutoff, on_prompt)
@@ -172,3 +178,5 @@ def test_the_fast_batch_path_equals_the_per_example_path(vocab, kind):
         assert set(fast.holes) == {h for r in reference if r["holes"] for h in r["holes"].split(",")} == {"name"}
         seen |= set(fast.cut.tolist())
     assert seen == {0, 1, 2, 3}, "the cases this test is about: kept, cut after answers, mid-answer, dropped"
+    fast = fastbpe.for_tokenizer(tok)
+    assert (path == "tiktoken") == bool(fast and fast.trusted and fast.batches)  # the path this case is about
