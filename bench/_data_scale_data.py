@@ -3,7 +3,7 @@
 Each conversation: an optional system prompt, then 1 to 6 user/assistant turns (about 55% single-turn), English
 or Chinese. A user turn is one demo question, sometimes with a line of context; an answer joins 1 to 40 sentences
 drawn from the demo answers and the bundled corpus, the count log-normal (median 5), so lengths spread as real chat sets do:
-many short answers, a long tail (median ~170 Qwen2 tokens a conversation, p90 ~900, some over 4,000).
+many short answers, a long tail (Qwen2 tokens a conversation: mean 276, median 165, p90 655, some over 2,000).
 Written as JSONL in the OpenAI messages shape, streamed, so 2M conversations never sit in memory.
 """
 from __future__ import annotations
