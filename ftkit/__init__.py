@@ -53,6 +53,14 @@ def merge(adapter_dir, out=None, **kw):
     return _merge(adapter_dir, out=out, **kw)
 
 
+def expand(model, num_expand: int, out=None, **kw):
+    """LLaMA Pro: write `model` with `num_expand` identity blocks added; returns the folder (train it with
+    finetuning_type: freeze, freeze_trainable_layers: num_expand, use_llama_pro: true)."""
+    from ftkit.expanding import expand as _expand
+
+    return _expand(model, num_expand, out, **kw)
+
+
 def generate(model, prompt, adapter=None, template=None, max_new_tokens: int = 256, **sampling) -> str:
     """One answer from a model folder (or `tiny`, or a Run), optionally with an adapter."""
     from ftkit.generation import generate as _generate
@@ -115,5 +123,5 @@ def unload_ipython_extension(ip) -> None:
 
 
 __all__ = ["RunConfig", "ConfigError", "DataError", "FtkitError", "ModelError",
-           "train", "launch", "plan", "merge", "generate", "convert", "render", "preview", "compare", "panel", "runs",
+           "train", "launch", "plan", "merge", "expand", "generate", "convert", "render", "preview", "compare", "panel", "runs",
            "__version__"]

@@ -249,6 +249,27 @@ def cmd_demo(argv: list[str]) -> int:
     return 0
 
 
+def cmd_expand(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="ftkit expand", description="LLaMA Pro: add identity copies of decoder blocks "
+                                "to a model, then train only them (finetuning_type: freeze, use_llama_pro: true).")
+    p.add_argument("model", nargs="?", help="model folder (or --model_name_or_path, LLaMA-Factory's name)")
+    p.add_argument("--model_name_or_path", "--model", dest="model_flag")
+    p.add_argument("--num_expand", "--num-expand", type=int, required=True, help="blocks to add; divides the "
+                   "model's layer count")
+    p.add_argument("--output_dir", "--out", dest="out", help="default: models/NAME-pro")
+    p.add_argument("--trust_remote_code", action="store_true")
+    a = p.parse_args(argv)
+    model = a.model or a.model_flag
+    if not model:
+        raise ConfigError("expand: name the model (ftkit expand MODEL --num_expand N)")
+    from ftkit.expanding import expand
+
+    out = expand(model, a.num_expand, a.out, trust_remote_code=a.trust_remote_code)
+    print(f"wrote {out} ({a.num_expand} blocks added); fine-tune it with:\n  model_name_or_path: {out}\n"
+          f"  finetuning_type: freeze\n  freeze_trainable_layers: {a.num_expand}\n  use_llama_pro: true")
+    return 0
+
+
 def cmd_export_onnx(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="ftkit export-onnx", description="Export a (merged) model for onnxruntime.")
     p.add_argument("--model", required=True, help="model folder or run folder (a LoRA run once merged)")
@@ -267,7 +288,7 @@ def cmd_export_onnx(argv: list[str]) -> int:
 OWN_PROCESS = False
 
 COMMANDS = {"train": cmd_train, "merge": cmd_merge, "export": cmd_merge, "chat": cmd_chat, "convert": cmd_convert,
-            "export-onnx": cmd_export_onnx, "models": cmd_models, "demo": cmd_demo}
+            "export-onnx": cmd_export_onnx, "expand": cmd_expand, "models": cmd_models, "demo": cmd_demo}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -283,6 +304,7 @@ def main(argv: list[str] | None = None) -> int:
               "  chat     answer a prompt, or chat, with a model (+ adapter)\n"
               "  convert  rewrite alpaca/sharegpt/openai/moss/chatglm3/qwen data as conversations\n"
               "  export-onnx  export a merged model for onnxruntime (ftkit chat --onnx DIR)\n"
+              "  expand   LLaMA Pro: add identity blocks to a model, to train only them (use_llama_pro)\n"
               "  models   verified architectures and built-in chat templates\n"
               "  demo     the whole loop on the embedded tiny model, offline, in a few minutes")
         return 0 if not argv or argv[0] in ("-h", "--help") else 2

@@ -22,7 +22,8 @@ from ftkit.errors import ConfigError
 
 RUN_CONFIG = "run.yaml"            # in the output folder: reproduces the run
 ADAPTER_CONFIG = "ftkit_run.yaml"  # beside saved weights: lets merge, chat and export find base and template
-FINETUNING_TYPES = ("lora", "full", "freeze")
+FINETUNING_TYPES = ("lora", "oft", "full", "freeze")
+ADAPTERS = ("lora", "oft")  # methods that train and save a peft adapter beside the frozen base
 MIX_STRATEGIES = ("concat", "interleave_under", "interleave_over")
 FLASH_ATTN = ("auto", "fa2", "sdpa", "eager")
 LORA_INITS = ("gaussian", "pissa", "olora", "corda", "eva", "orthogonal")
@@ -77,7 +78,8 @@ class RunConfig:
                            "LLaMA-Factory's identity.json (`--replace name=Tiny author=ftkit`).")
     # method
     stage: str = _f("sft", "Training stage. Only `sft` (supervised fine-tuning) is supported.")
-    finetuning_type: str = _f("lora", "lora | full | freeze.")
+    finetuning_type: str = _f("lora", "lora | oft | full | freeze. oft: orthogonal fine-tuning (peft's OFT), an "
+                                      "adapter that rotates each weight's input space.")
     adapter_name_or_path: str | None = _f(None, "A LoRA adapter (its folder or its run's) to go on training: its rank, "
                                                 "targets and weights are kept.")
     lora_target: str | list[str] = _f("all", "Modules that get LoRA: `all` (every linear layer but the head) or names like q_proj,v_proj.")
@@ -90,7 +92,24 @@ class RunConfig:
     pissa_init: bool = _f(False, "Shorthand for init_lora_weights: pissa_niter_16 (PiSSA from principal components).")
     modules_to_save: str | list[str] | None = _f(None, "Whole modules that train and are saved besides LoRA, e.g. embed_tokens,lm_head.")
     new_special_tokens: str | list[str] | None = _f(None, "Tokens to add to the tokenizer; embeddings grow and train.")
-    freeze_trainable_layers: int = _f(2, "freeze tuning: how many of the last decoder layers train.")
+    loraplus_lr_ratio: float | None = _f(None, "LoRA+: the B matrices learn this many times faster than A "
+                                               "(lr_B / lr_A; 16 in its paper); peft's LoRA+ optimizer.")
+    loraplus_lr_embedding: float = _f(1e-6, "LoRA+: learning rate of LoRA on embedding layers.")
+    oft_rank: int = _f(0, "OFT: number of blocks per rotation (set this or oft_block_size, not both).")
+    oft_block_size: int = _f(32, "OFT: size of each rotation block (must divide the adapted layers' input size).")
+    oft_target: str | list[str] = _f("all", "OFT: modules that get it, like lora_target.")
+    module_dropout: float = _f(0.0, "OFT: chance of dropping a whole block's rotation in training.")
+    freeze_trainable_layers: int = _f(2, "freeze tuning: how many of the last decoder layers train (negative: the "
+                                         "first ones).")
+    freeze_trainable_modules: str | list[str] = _f("all", "freeze tuning: which parts of those layers train: all, or "
+                                                          "names like mlp,self_attn.")
+    freeze_extra_modules: str | list[str] | None = _f(None, "freeze tuning: modules outside the decoder layers that "
+                                                            "train too, e.g. embed_tokens,norm.")
+    use_llama_pro: bool = _f(False, "LLaMA Pro: a model whose blocks were expanded (`ftkit expand`) trains only its "
+                                    "added blocks (freeze_trainable_layers of them, spread evenly); with LoRA, only "
+                                    "they get LoRA.")
+    use_muon: bool = _f(False, "Muon (torch.optim.Muon) for the hidden weight matrices, AdamW for the rest, AdamW's "
+                               "learning rate and weight decay for both (Moonshot's RMS matching).")
     quantization_bit: int | None = _f(None, "Load the base in 4 or 8 bits (QLoRA, bitsandbytes).")
     quantization_type: str = _f("nf4", "4-bit type: nf4 | fp4.")
     double_quantization: bool = _f(True, "4-bit: also quantize the quantization constants (saves ~0.4 bit/param).")
@@ -105,6 +124,8 @@ class RunConfig:
     warmup_ratio: float = _f(0.0, "Share of steps with linear warmup.")
     fp16: bool = _f(False, "fp16 mixed precision (CUDA only).")
     bf16: bool = _f(False, "bf16 mixed precision (Ampere or newer GPU).")
+    pure_bf16: bool = _f(False, "Train in bf16 throughout: weights, gradients and optimizer state, no fp32 master "
+                                "copy (about half the memory of full fine-tuning; updates lose precision).")
     gradient_checkpointing: bool | None = _f(None, "Recompute activations in backward: ~40% less activation memory, "
                                                    "~20% slower. Unset: on only when the run fits in memory with it "
                                                    "and not without.")
@@ -200,18 +221,17 @@ class RunConfig:
             p.append(f"finetuning_type: {self.finetuning_type!r} is not one of {', '.join(FINETUNING_TYPES)}")
         if self.quantization_bit not in (None, 4, 8):
             p.append(f"quantization_bit: {self.quantization_bit} is not supported; use 4 or 8 (or leave it out)")
-        elif self.quantization_bit and self.finetuning_type != "lora":
+        elif self.quantization_bit and self.finetuning_type not in ADAPTERS:
             p.append(f"quantization_bit: {self.quantization_bit}-bit weights cannot be trained directly; "
                      f"QLoRA needs finetuning_type: lora (you have {self.finetuning_type})")
         if self.quantization_type not in ("nf4", "fp4"):
             p.append(f"quantization_type: {self.quantization_type!r} is not nf4 or fp4")
         if self.flash_attn not in FLASH_ATTN:
             p.append(f"flash_attn: {self.flash_attn!r} is not one of {', '.join(FLASH_ATTN)}")
-        if self.fp16 and self.bf16:
-            p.append("fp16 and bf16: choose one mixed precision")
+        if self.fp16 and (self.bf16 or self.pure_bf16):
+            p.append(f"fp16 and {'bf16' if self.bf16 else 'pure_bf16'}: choose one mixed precision")
         for key in ("per_device_train_batch_size", "gradient_accumulation_steps", "cutoff_len",
-                    "logging_steps", "save_steps", "lora_rank", "freeze_trainable_layers", "preview_steps",
-                    "preview_max_new_tokens"):
+                    "logging_steps", "save_steps", "lora_rank", "preview_steps", "preview_max_new_tokens"):
             if getattr(self, key) is not None and getattr(self, key) < 1:
                 p.append(f"{key}: must be at least 1, got {getattr(self, key)}")
         for key in ("learning_rate", "max_grad_norm"):
@@ -250,9 +270,10 @@ class RunConfig:
             p.append(f"lora_dropout: must be in [0, 1), got {self.lora_dropout}")
         if not 0 <= self.warmup_ratio < 1:
             p.append(f"warmup_ratio: must be in [0, 1), got {self.warmup_ratio}")
-        if self.adapter_name_or_path and self.finetuning_type != "lora":
-            p.append(f"adapter_name_or_path: a LoRA adapter goes on training with finetuning_type: lora (you have "
-                     f"{self.finetuning_type})")
+        if self.adapter_name_or_path and self.finetuning_type not in ADAPTERS:
+            p.append(f"adapter_name_or_path: an adapter goes on training with finetuning_type: lora or oft (you "
+                     f"have {self.finetuning_type})")
+        p += self._method_problems()
         if self.adapter_name_or_path and "," in self.adapter_name_or_path:
             p.append(f"adapter_name_or_path: {self.adapter_name_or_path} names several adapters; merge all but the "
                      "last into the base (ftkit merge) and go on training the last")
@@ -263,7 +284,40 @@ class RunConfig:
             p.append(f"threads: must be at least 1, got {self.threads}")
         return p
 
+    def _method_problems(self) -> list[str]:
+        p, kind, optim = [], self.finetuning_type, self.extra.get("optim")
+        if self.freeze_trainable_layers == 0:
+            p.append("freeze_trainable_layers: 0 would train nothing; the last N layers train (or the first N, "
+                     "given as -N)")
+        if self.loraplus_lr_ratio is not None and kind != "lora":
+            p.append(f"loraplus_lr_ratio: LoRA+ sets the learning rates of LoRA's matrices; it needs "
+                     f"finetuning_type: lora (you have {kind})")
+        elif self.loraplus_lr_ratio is not None and not self.loraplus_lr_ratio > 0:
+            p.append(f"loraplus_lr_ratio: must be positive, got {self.loraplus_lr_ratio}")
+        if self.oft_rank < 0 or self.oft_block_size < 0 or (self.oft_rank == 0 and self.oft_block_size == 0):
+            p.append(f"oft_rank, oft_block_size: give a positive oft_block_size (or oft_rank), got "
+                     f"{self.oft_rank} and {self.oft_block_size}")
+        if not 0 <= self.module_dropout < 1:
+            p.append(f"module_dropout: must be in [0, 1), got {self.module_dropout}")
+        if self.use_llama_pro and kind not in ("freeze", "lora"):
+            p.append(f"use_llama_pro: trains the expanded blocks of a model by freeze tuning or LoRA, not "
+                     f"{kind}")
+        low_rank = str(optim).split("_")[0] if str(optim).startswith(("galore", "apollo")) else None
+        if low_rank and kind in ADAPTERS:
+            p.append(f"use_{low_rank}: {dict(galore='GaLore', apollo='APOLLO')[low_rank]} projects the gradients of whole weight matrices; "
+                     f"use it with finetuning_type full or freeze, not {kind}")
+        if self.use_muon and optim not in (None, "adamw_torch"):
+            p.append(f"use_muon: Muon is an optimizer; it replaces {'use_' + low_rank if low_rank else 'optim'}"
+                     f" ({optim}); choose one")
+        if self.use_muon and self.loraplus_lr_ratio:
+            p.append("use_muon and loraplus_lr_ratio: both choose the optimizer; choose one")
+        return p
+
     # ---- views -----------------------------------------------------------
+
+    @property
+    def trains_adapter(self) -> bool:
+        return self.finetuning_type in ADAPTERS
 
     @property
     def lora_targets(self) -> list[str]:
@@ -353,16 +407,34 @@ LF_NOT_NEEDED = {
     **_group("max_length skip_special_tokens infer_backend infer_dtype default_system",
              "chat settings: ftkit chat reads them"),
 }
+# GaLore and APOLLO: transformers' optimizers of those names (optim, optim_target_modules, optim_args), from the
+# galore-torch and apollo-torch packages; LLaMA-Factory's keys and defaults -> transformers' optim_args names
+LOW_RANK_OPTIMIZERS = {
+    "galore": {"rank": ("rank", 16), "update_interval": ("update_proj_gap", 200), "scale": ("scale", 2.0),
+               "proj_type": ("proj_type", "std")},
+    "apollo": {"rank": ("rank", 16), "update_interval": ("update_proj_gap", 200), "scale": ("scale", 32.0),
+               "proj": ("proj", "random"), "proj_type": ("proj_type", "std"), "scale_type": ("scale_type", "channel")},
+}
+LOW_RANK_KEYS = {f"{kind}_{k}" for kind, keys in LOW_RANK_OPTIMIZERS.items() for k in [*keys, "target", "layerwise"]} \
+    | {"use_galore", "use_apollo", "apollo_scale_front"}
+
+
+def _low_rank_optimizer(raw: dict, kind: str) -> tuple[dict, list[str]]:
+    """use_galore / use_apollo with their keys as transformers' optim, optim_target_modules and optim_args."""
+    if raw.get("optim") not in (None, "adamw_torch"):
+        return {}, [f"use_{kind}: {kind} is an optimizer; it replaces optim: {raw['optim']} (remove one)"]
+    args = ",".join(f"{name}={raw.get(f'{kind}_{key}', default)}"
+                    for key, (name, default) in LOW_RANK_OPTIMIZERS[kind].items())
+    target = raw.get(f"{kind}_target", "all")
+    return {"optim": f"{kind}_adamw" + ("_layerwise" if raw.get(f"{kind}_layerwise") else ""), "optim_args": args,
+            "optim_target_modules": target if target == "all" else _names(target)}, []
+
+
 LF_REFUSED = {
-    **_group("use_galore galore_target galore_rank galore_update_interval galore_scale galore_proj_type "
-             "galore_layerwise", "GaLore"),
-    **_group("use_apollo apollo_target apollo_rank apollo_update_interval apollo_scale apollo_proj apollo_proj_type "
-             "apollo_scale_type apollo_layerwise apollo_scale_front", "APOLLO"),
+    "apollo_scale_front": "APOLLO's norm-growth limiter in front of the scaling (transformers' APOLLO has none)",
     **_group("use_badam badam_mode badam_start_block badam_switch_mode badam_switch_interval badam_update_ratio "
              "badam_mask_mode badam_verbose", "BAdam"),
-    **_group("use_adam_mini", "Adam-mini"), **_group("use_muon", "the Muon optimizer"),
-    **_group("loraplus_lr_ratio loraplus_lr_embedding", "LoRA+"), **_group("use_llama_pro", "LLaMA Pro"),
-    **_group("module_dropout oft_rank oft_block_size oft_target", "OFT"),
+    **_group("use_adam_mini", "Adam-mini"),
     **_group("use_dft_loss use_asft_loss asft_alpha use_eaft_loss eaft_alpha", "the DFT/ASFT/EAFT losses"),
     **_group("pref_beta pref_ftx pref_bco_weight pref_loss dpo_label_smoothing kto_chosen_weight kto_rejected_weight "
              "simpo_gamma ppo_buffer_size ppo_epochs ppo_score_norm ppo_target ppo_whiten_rewards ref_model "
@@ -372,15 +444,14 @@ LF_REFUSED = {
     **_group("use_swanlab swanlab_project swanlab_workspace swanlab_run_name swanlab_mode swanlab_api_key "
              "swanlab_logdir swanlab_lark_webhook_url swanlab_lark_secret", "SwanLab logging (report_to: "
              "tensorboard works)"),
-    **_group("use_unsloth use_unsloth_gc", "Unsloth's kernels"), **_group("enable_liger_kernel use_v1_kernels",
-                                                                         "Liger kernels"),
+    **_group("use_unsloth use_unsloth_gc", "Unsloth's kernels"), **_group("use_v1_kernels", "LLaMA-Factory's v1 "
+                                                                         "kernels (NPU)"),
     **_group("mixture_of_depths", "mixture-of-depths conversion"), **_group("shift_attn", "shift short attention"),
     **_group("rope_scaling", "RoPE scaling"),
     **_group("use_mca use_hyper_parallel hyper_parallel_args tensor_model_parallel_size sequence_parallel "
              "pipeline_model_parallel_size bias_activation_fusion apply_rope_fusion use_distributed_optimizer "
              "overlap_param_gather overlap_grad_reduce moe_grouped_gemm moe_token_dispatcher_type "
              "expert_model_parallel_size recompute_granularity", "Megatron-Core and hyper-parallel training"),
-    **_group("pure_bf16", "pure bf16 training (bf16: true gives mixed precision)"),
     **_group("fp8 fp8_backend fp8_enable_fsdp_float8_all_gather", "FP8 training"),
     **_group("use_kt kt_weight_path kt_expert_checkpoint_path kt_use_lora_experts kt_lora_expert_num "
              "kt_lora_expert_intermediate_size", "KTransformers"),
@@ -411,8 +482,6 @@ LF_REFUSED = {
              "these loading settings"),
     **_group("moe_aux_loss_coef", "a MoE auxiliary loss weight"), **_group("use_reentrant_gc", "reentrant checkpointing"),
     **_group("upcast_layernorm upcast_lmhead_output", "upcasting layers to fp32"),
-    **_group("freeze_trainable_modules freeze_extra_modules", "freeze tuning of named modules (freeze tuning trains "
-             "the last freeze_trainable_layers layers)"),
     **_group("compute_accuracy", "token accuracy during evaluation"), **_group("disable_shuffling", "unshuffled data"),
     **_group("early_stopping_steps", "early stopping"),
 }
@@ -469,8 +538,10 @@ def _from_v1(raw: dict) -> tuple[dict, list[str], list[str]]:
             problems.append(f"quant_config: {quant} is not supported; ftkit quantizes with bitsandbytes "
                             "(name: bnb, quantization_bit: 4 or 8)")
     kernels = raw.pop("kernel_config", None) or {}
-    if kernels.get("name", "auto") != "auto":
-        problems.append(f"kernel_config: {kernels['name']} kernels are not supported; use name: auto")
+    if kernels.get("name") == "liger_kernel":
+        flat["use_liger_kernel"] = True
+    elif kernels.get("name", "auto") != "auto":
+        problems.append(f"kernel_config: {kernels['name']} kernels are not supported; use name: auto or liger_kernel")
     dist = raw.pop("dist_config", None) or {}
     if dist.get("name") == "deepspeed" and dist.get("config_file"):
         flat["deepspeed"] = dist["config_file"]
@@ -494,7 +565,7 @@ def _from_v1(raw: dict) -> tuple[dict, list[str], list[str]]:
             flat["gradient_accumulation_steps"] = whole // part
     if raw.get("flash_attn") == "flash_attention2":
         raw["flash_attn"] = "fa2"
-    accepted = [k for k, given in (("kernel_config", kernels), ("dist_config", dist and "deepspeed" not in flat),
+    accepted = [k for k, given in (("kernel_config", kernels and "use_liger_kernel" not in flat), ("dist_config", dist and "deepspeed" not in flat),
                                    ("sample_backend", raw.pop("sample_backend", None)),
                                    ("init_config", raw.pop("init_config", None))) if given]
     return {**flat, **raw}, accepted, problems  # a flat key given too (a command-line override) wins
@@ -515,9 +586,21 @@ def llama_factory_keys(raw: dict) -> tuple[dict, list[str], list[str]]:
             if value and raw.get("gradient_checkpointing") is None:
                 out["gradient_checkpointing"] = False
             accepted += [] if value else [key]
+        elif key == "enable_liger_kernel":  # transformers' name for the same
+            out["use_liger_kernel"] = value
         elif key == "pissa_iter":  # LLaMA-Factory's PiSSA iterations, used with pissa_init
             if raw.get("pissa_init"):
                 out["init_lora_weights"] = "pissa" if value == -1 else f"pissa_niter_{value}"
+        elif key in LOW_RANK_KEYS:
+            kind = key.split("_")[1] if key.startswith("use_") else key.split("_")[0]
+            if key == "apollo_scale_front" and value:
+                refused.setdefault(LF_REFUSED[key], []).append(key)
+            elif not raw.get(f"use_{kind}"):  # settings of an optimizer not asked for (as in LLaMA-Factory)
+                accepted.append(key)
+            elif key == f"use_{kind}":
+                mapped, trouble = _low_rank_optimizer(raw, kind)
+                out.update(mapped)
+                problems += trouble
         elif key in LF_NOT_NEEDED:
             if key == "quantization_method" and value not in (None, "bnb", "bitsandbytes"):
                 problems.append(f"quantization_method: {value!r} is not supported; ftkit quantizes with "

@@ -41,8 +41,8 @@ def replace_dir(tmp: Path, final: Path) -> None:
 # adapter/ and model/ carry the run config as ADAPTER_CONFIG beside the weights.
 
 def trained_dir(cfg: RunConfig, out: Path) -> Path:
-    """Where a run's result lives: adapter/ (LoRA) or model/ (full and freeze tuning)."""
-    return out / ("adapter" if cfg.finetuning_type == "lora" else "model")
+    """Where a run's result lives: adapter/ (LoRA, OFT) or model/ (full and freeze tuning)."""
+    return out / ("adapter" if cfg.trains_adapter else "model")
 
 
 def adapter_folder(path: str | Path) -> Path:

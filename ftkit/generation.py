@@ -132,7 +132,7 @@ def generate(model, prompt, adapter=None, template=None, max_new_tokens: int = 2
     if hasattr(model, "adapter_dir") and hasattr(model, "config"):  # a Run
         run = model
         model, adapter = run.config.model_name_or_path, adapter or run.adapter_dir
-        if run.config.finetuning_type != "lora":
+        if not run.config.trains_adapter:
             model, adapter = run.adapter_dir, None
     net, tokenizer, tmpl = load(str(model), str(adapter) if adapter else None, template)
     messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)

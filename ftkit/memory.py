@@ -70,16 +70,17 @@ def estimate(cfg, model_config, counts: dict[str, int], batch: int, seq_len: int
     head_dim = getattr(text, "head_dim", None) or h // heads
     inter = getattr(text, "intermediate_size", None) or 4 * h
     vocab = text.vocab_size
-    half = cfg.bf16 or cfg.fp16
+    half = cfg.bf16 or cfg.fp16 or cfg.pure_bf16
     width = 2 if half else 4  # activations; frozen LoRA bases load in this precision, trained weights stay fp32
+    trained_width = 2 if cfg.pure_bf16 else 4  # ... unless everything is bf16
 
     quantized = counts["quantizable"] if cfg.quantization_bit else 0
     # nf4/fp4: half a byte a value plus block scales (fp32 per 64, or 8-bit per 64 + fp32 per 16k when doubled)
     bits = {4: 0.5 + (1 / 64 + 4 / 16384 if cfg.double_quantization else 4 / 64), 8: 1.0}.get(cfg.quantization_bit, 0)
     weights = (counts["total"] - counts["trainable"] - quantized) * width + quantized * bits \
-        + counts["trainable"] * 4  # trainable weights are kept in fp32
+        + counts["trainable"] * trained_width  # trainable weights are kept in fp32
 
-    trainable_state = counts["trainable"] * (4 + 8)  # fp32 gradient + two AdamW moments (from the first update on)
+    trainable_state = counts["trainable"] * 3 * trained_width  # gradient + two AdamW moments (from the first update)
 
     tokens = batch * seq_len
     attn = 2 * heads * head_dim + 4 * kv * head_dim  # q, attention output; k, v before and after rotary

@@ -86,7 +86,7 @@ def compute_dtype(cfg):
     """The precision a config computes in."""
     import torch
 
-    if cfg.bf16:
+    if cfg.bf16 or cfg.pure_bf16:
         return torch.bfloat16
     if cfg.fp16:
         return torch.float16
@@ -135,7 +135,7 @@ def load_model(cfg, model_path: str):
     attn, note = attention_impl(cfg.flash_attn)
     # frozen base weights (LoRA) live in the half precision asked for; weights that train stay fp32 masters under
     # autocast, which fp16's gradient scaler needs (it refuses to unscale fp16 gradients)
-    load_dtype = dtype if cfg.finetuning_type == "lora" else torch.float32
+    load_dtype = dtype if cfg.trains_adapter or cfg.pure_bf16 else torch.float32
     kwargs = dict(dtype=load_dtype, attn_implementation=attn, trust_remote_code=cfg.trust_remote_code,
                   **safe_weights(model_path, cfg.allow_pickle))
     if cfg.quantization_bit == 4:
@@ -198,17 +198,76 @@ def lora_config(model, cfg):
                           f"it has: {', '.join(available)} (or use all)")
     modules = sorted(t for t in wanted if t in linear)
     params = sorted({experts[t] for t in wanted if t in experts})  # a name may be both (dense and expert MLPs)
-    save = list(cfg.extra_modules)
-    if cfg.added_tokens:  # new tokens need trained embeddings (and head, unless it is tied to them)
-        save += [_leaf_name(model, model.get_input_embeddings())]
-        if not model.config.get_text_config().tie_word_embeddings:
-            save += [_leaf_name(model, model.get_output_embeddings())]
+    save = _saved_modules(model, cfg)
     config = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha or 2 * cfg.lora_rank, lora_dropout=cfg.lora_dropout,
                         target_modules=modules, target_parameters=params or None, task_type="CAUSAL_LM",
                         fan_in_fan_out=any(linear[m] == "Conv1D" for m in modules), use_dora=cfg.use_dora,
-                        use_rslora=cfg.use_rslora, init_lora_weights=cfg.lora_init,
-                        modules_to_save=list(dict.fromkeys(save)) or None, ensure_weight_tying=bool(save))
+                        use_rslora=cfg.use_rslora, init_lora_weights=cfg.lora_init, modules_to_save=save,
+                        ensure_weight_tying=bool(save), layers_to_transform=_expanded_layers(model, cfg))
     return config
+
+
+def oft_config(model, cfg):
+    """peft OFTConfig (orthogonal fine-tuning): a learned block-diagonal rotation of each target layer's input;
+    `oft_target: all` = every linear layer but the head and routers."""
+    from peft import OFTConfig
+
+    from ftkit.architectures import ROUTER_NAMES
+
+    from ftkit.config import _names
+
+    linear, _ = lora_candidates(model)
+    wanted = _names(cfg.oft_target)
+    if wanted == ["all"]:
+        wanted = [n for n in linear if n not in ROUTER_NAMES]
+    missing = [t for t in wanted if t not in linear]
+    if missing:
+        raise ConfigError(f"oft_target: {', '.join(missing)} match no linear layer of this model; it has: "
+                          f"{', '.join(sorted(linear))} (or use all)")
+    if not cfg.oft_rank:  # peft would quietly pick another block size
+        sizes = {m.in_features for full, m in model.named_modules() if full.rsplit(".", 1)[-1] in wanted
+                 and hasattr(m, "in_features")}
+        odd = sorted(s for s in sizes if s % cfg.oft_block_size)
+        if odd:
+            raise ConfigError(f"oft_block_size: {cfg.oft_block_size} does not divide the input size of every "
+                              f"adapted layer ({', '.join(map(str, odd))}); choose a common divisor of "
+                              f"{', '.join(map(str, sorted(sizes)))}, or set oft_rank (blocks per layer) instead")
+    save = _saved_modules(model, cfg)
+    return OFTConfig(r=cfg.oft_rank, oft_block_size=0 if cfg.oft_rank else cfg.oft_block_size,
+                     target_modules=sorted(wanted), module_dropout=cfg.module_dropout, task_type="CAUSAL_LM",
+                     fan_in_fan_out=any(linear[m] == "Conv1D" for m in wanted), modules_to_save=save,
+                     layers_to_transform=_expanded_layers(model, cfg))
+
+
+def _saved_modules(model, cfg) -> list[str] | None:
+    """Whole modules an adapter trains and saves: modules_to_save, and for new tokens the embeddings (and the
+    head, unless it is tied to them)."""
+    save = list(cfg.extra_modules)
+    if cfg.added_tokens:
+        save += [_leaf_name(model, model.get_input_embeddings())]
+        if not model.config.get_text_config().tie_word_embeddings:
+            save += [_leaf_name(model, model.get_output_embeddings())]
+    return list(dict.fromkeys(save)) or None
+
+
+def trainable_layers(count: int, cfg) -> list[int]:
+    """Indexes of the decoder layers that train (freeze tuning, LLaMA Pro): the last freeze_trainable_layers, the
+    first ones when it is negative, or with use_llama_pro the expanded blocks, one every count / N layers (where
+    `ftkit expand` put them, as LLaMA-Factory's llama_pro script does)."""
+    n = cfg.freeze_trainable_layers
+    if abs(n) > count:
+        raise ConfigError(f"freeze_trainable_layers: {n} is more layers than the {count} this model has")
+    if cfg.use_llama_pro:
+        if n < 0 or count % n:
+            raise ConfigError(f"use_llama_pro: freeze_trainable_layers ({n}) must be the number of blocks `ftkit "
+                              f"expand` added, which divides the expanded model's {count} layers")
+        stride = count // n
+        return list(range(stride - 1, count, stride))
+    return list(range(count - n, count)) if n > 0 else list(range(-n))
+
+
+def _expanded_layers(model, cfg) -> list[int] | None:
+    return trainable_layers(len(decoder_layers(model)), cfg) if cfg.use_llama_pro else None
 
 
 def _leaf_name(model, module) -> str:
@@ -327,45 +386,76 @@ def make_trainable(model, cfg, notes: list[str] | None = None, weights: bool = T
     weights unloaded."""
     import torch
 
-    if cfg.finetuning_type == "lora":
+    if cfg.trains_adapter:
         from peft import PeftConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
 
         from ftkit.folders import adapter_folder
 
         adapter = adapter_folder(cfg.adapter_name_or_path) if cfg.adapter_name_or_path else None
-        lora = PeftConfig.from_pretrained(str(adapter)) if adapter else lora_config(model, cfg)
-        requested = set(lora.target_modules or ())  # peft may rewrite target_modules (MoE name conversion)
+        method = lora_config if cfg.finetuning_type == "lora" else oft_config
+        peft_config = PeftConfig.from_pretrained(str(adapter)) if adapter else method(model, cfg)
+        requested = set(peft_config.target_modules or ())  # peft may rewrite target_modules (MoE name conversion)
         if cfg.quantization_bit:
             model = prepare_model_for_kbit_training(
                 model, use_gradient_checkpointing=bool(cfg.gradient_checkpointing),
                 gradient_checkpointing_kwargs={"use_reentrant": False})
-        if adapter and weights:  # the adapter's weights, trainable: training goes on from them
-            model = PeftModel.from_pretrained(model, str(adapter), is_trainable=True)
-        else:
-            model = get_peft_model(model, lora)
+        try:
+            if adapter and weights:  # the adapter's weights, trainable: training goes on from them
+                model = PeftModel.from_pretrained(model, str(adapter), is_trainable=True)
+            else:
+                model = get_peft_model(model, peft_config)
+        except ValueError as e:
+            if cfg.finetuning_type != "oft":
+                raise
+            raise ConfigError(f"oft_block_size: {_first_line(e)}") from None
         skipped = _unadapted(model, requested)
         if skipped and notes is not None:  # peft maps v4 expert names onto transformers 5's fused experts, and
             notes.append(f"LoRA not applied to {', '.join(skipped)} (peft reads these names as the fused "
                                      "expert weights on this MoE model); attention and experts are adapted")
     elif cfg.finetuning_type == "freeze":
-        layers = decoder_layers(model)
-        if cfg.freeze_trainable_layers > len(layers):
-            raise ConfigError(f"freeze_trainable_layers: {cfg.freeze_trainable_layers} is more than the "
-                              f"{len(layers)} layers this model has")
-        model.requires_grad_(False)
-        for layer in layers[-cfg.freeze_trainable_layers:]:
-            layer.requires_grad_(True)
+        _freeze(model, cfg)
         if cfg.added_tokens:
             model.get_input_embeddings().requires_grad_(True)
             model.get_output_embeddings().requires_grad_(True)
     else:
         model.requires_grad_(True)
     for p in model.parameters():  # trainable weights stay fp32 even when the frozen base is half precision
-        if p.requires_grad and p.dtype != torch.float32:
+        if p.requires_grad and p.dtype != torch.float32 and not cfg.pure_bf16:
             p.data = p.data.float()
     if cfg.gradient_checkpointing:
         model.enable_input_require_grads()
     return model
+
+
+def _freeze(model, cfg) -> None:
+    """Freeze tuning: everything frozen but the chosen layers (or the named parts of them) and the extra modules."""
+    from ftkit.config import _names
+
+    layers = decoder_layers(model)
+    model.requires_grad_(False)
+    parts = _names(cfg.freeze_trainable_modules)
+    for i in trainable_layers(len(layers), cfg):
+        if parts in ([], ["all"]):
+            layers[i].requires_grad_(True)
+            continue
+        children = dict(layers[i].named_modules())
+        missing = [name for name in parts if name not in children]
+        if missing:
+            raise ConfigError(f"freeze_trainable_modules: {', '.join(missing)} is not a part of this model's decoder "
+                              f"layers; they hold {', '.join(n for n, _ in layers[i].named_children())} (or use all)")
+        for name in parts:
+            children[name].requires_grad_(True)
+    inside = {id(p) for p in layers.parameters()}
+    for name in _names(cfg.freeze_extra_modules):
+        found = [m for full, m in model.named_modules() if full.rsplit(".", 1)[-1] == name
+                 and not any(id(p) in inside for p in m.parameters())]
+        if not found:
+            outside = sorted({full.rsplit(".", 1)[-1] for full, m in model.named_modules() if full and
+                              any(True for _ in m.parameters()) and not any(id(p) in inside for p in m.parameters())})
+            raise ConfigError(f"freeze_extra_modules: {name} is no module outside the decoder layers; those are "
+                              f"{', '.join(outside)}")
+        for m in found:
+            m.requires_grad_(True)
 
 
 def skeleton(cfg, model_path: str, tokenizer):

@@ -78,6 +78,11 @@ def plan(config) -> Plan:
                         "among the trained tokens, so the model would never learn to stop; check the template "
                         "and cutoff_len")
     skeleton = M.skeleton(cfg, model_path, tokenizer)
+    if cfg.extra.get("optim_target_modules") == "all" and _low_rank(cfg):  # GaLore/APOLLO on every linear layer
+        from ftkit.architectures import ROUTER_NAMES  # but the head and routers, as LoRA's `all`
+
+        linear = sorted(n for n in M.lora_candidates(skeleton)[0] if n not in ROUTER_NAMES)
+        cfg = dataclasses.replace(cfg, extra={**cfg.extra, "optim_target_modules": linear})
     counts = memory.model_counts(skeleton)
     seq_len = min(cfg.cutoff_len, int(stats.lengths.max()))
     def size(c: RunConfig):
@@ -127,9 +132,23 @@ def load_config(source, overrides=None) -> RunConfig:
         raise
 
 
+def _low_rank(cfg: RunConfig) -> str | None:
+    """galore or apollo when the optimizer is one of theirs (transformers' optim names)."""
+    optim = str(cfg.extra.get("optim", ""))
+    return optim.split("_")[0] if optim.startswith(("galore_", "apollo_")) else None
+
+
+def torch_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def check_run(cfg: RunConfig) -> None:
     """What can be checked without loading weights, reported at once: model folder, datasets, template name,
     device, output folder."""
+    import importlib.util
+
     from ftkit import model as M
     from ftkit.data import resolve_datasets
     from ftkit.errors import FtkitError
@@ -153,6 +172,14 @@ def check_run(cfg: RunConfig) -> None:
         except FtkitError as e:
             problems += [f"adapter_name_or_path: {p}" for p in e.problems]
     problems += _deepspeed_problems(cfg.extra.get("deepspeed"))
+    if cfg.extra.get("use_liger_kernel") and not (torch_cuda() and importlib.util.find_spec("liger_kernel")):
+        problems.append("use_liger_kernel: Liger's kernels are Triton kernels for CUDA GPUs (pip install "
+                        "liger-kernel there); without them the run computes the same, only slower: remove it "
+                        "on this machine")
+    low_rank = _low_rank(cfg)
+    if low_rank and importlib.util.find_spec(f"{low_rank}_torch") is None:
+        problems.append(f"use_{low_rank}: needs the {low_rank}-torch package, not installed here: pip install "
+                        f"{low_rank}-torch (or pip install ftkit[optimizers])")
     code = None if cfg.trust_remote_code else M.shipped_code(cfg.model_name_or_path)
     if code:
         problems.append(f"model_name_or_path: {cfg.model_name_or_path} ships its own code ({code}), "
@@ -211,7 +238,8 @@ def training_arguments(cfg: RunConfig, max_steps: int, evaluate: bool):
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         learning_rate=cfg.learning_rate, num_train_epochs=cfg.num_train_epochs, max_steps=max_steps,
         max_grad_norm=cfg.max_grad_norm, lr_scheduler_type=cfg.lr_scheduler_type, warmup_steps=cfg.warmup_ratio,
-        fp16=cfg.fp16, bf16=cfg.bf16, activation_checkpointing=bool(cfg.gradient_checkpointing),
+        fp16=cfg.fp16, bf16=cfg.bf16 and not cfg.pure_bf16,  # pure bf16: the weights are bf16, no autocast
+        activation_checkpointing=bool(cfg.gradient_checkpointing),
         activation_checkpointing_kwargs={"use_reentrant": False} if cfg.gradient_checkpointing else None,
         logging_steps=cfg.logging_steps, logging_first_step=True, save_steps=cfg.save_steps,
         eval_strategy="steps" if evaluate else "no", eval_steps=cfg.eval_steps or max(1, max_steps // 5),
@@ -260,9 +288,21 @@ def _batch_text(cfg: RunConfig, packed: bool | None = None) -> str:
 
 
 def _method_text(cfg: RunConfig) -> str:
-    if cfg.finetuning_type == "lora":
-        q = f"QLoRA {cfg.quantization_bit}-bit" if cfg.quantization_bit else "LoRA"
-        return f"{q} r={cfg.lora_rank} on {','.join(cfg.lora_targets)}"
-    if cfg.finetuning_type == "freeze":
-        return f"freeze (last {cfg.freeze_trainable_layers} layers train)"
-    return "full fine-tuning"
+    n, pro = cfg.freeze_trainable_layers, " of the expanded blocks (LLaMA Pro)" if cfg.use_llama_pro else ""
+    if cfg.finetuning_type in ("lora", "oft"):
+        name = {"lora": "LoRA", "oft": "OFT"}[cfg.finetuning_type]
+        q = f"Q{name} {cfg.quantization_bit}-bit " if cfg.quantization_bit else f"{name} "
+        text = q + (f"r={cfg.lora_rank} on {','.join(cfg.lora_targets)}" if cfg.finetuning_type == "lora" else
+                    (f"{cfg.oft_rank} blocks" if cfg.oft_rank else f"blocks of {cfg.oft_block_size}") +
+                    f" on {cfg.oft_target if isinstance(cfg.oft_target, str) else ','.join(cfg.oft_target)}")
+        text += f" ({n}{pro})" if cfg.use_llama_pro else ""
+        text += f", LoRA+ (B learns {cfg.loraplus_lr_ratio:g}x faster)" if cfg.loraplus_lr_ratio else ""
+    elif cfg.finetuning_type == "freeze":
+        text = f"freeze ({n}{pro} train)" if cfg.use_llama_pro else \
+            f"freeze ({'last' if n > 0 else 'first'} {abs(n)} layers train)"
+    else:
+        text = "full fine-tuning"
+    low_rank = _low_rank(cfg)
+    if low_rank:
+        text += f", {'GaLore' if low_rank == 'galore' else 'APOLLO'} ({cfg.extra['optim']}, {cfg.extra.get('optim_args')})"
+    return text + (", Muon + AdamW" if cfg.use_muon else "")

@@ -155,7 +155,7 @@ def _reasoning_note(p) -> str | None:
 def _notes(cfg: RunConfig, notes: list[str | None]) -> str | None:
     from ftkit.model import device
 
-    if cfg.bf16 and device() == "cpu":
+    if (cfg.bf16 or cfg.pure_bf16) and device() == "cpu":
         notes.append("bf16 on a CPU: correct but slow unless the CPU has bf16 instructions (AVX512-BF16/AMX)")
     return "; ".join(n for n in notes if n) or None
 
@@ -196,6 +196,7 @@ def _trainer(model, tokenizer, p: Plan, emit, run, packed: bool, should_stop=Non
                                       train_dataset=p.data.train, eval_dataset=p.data.eval or None,
                                       processing_class=tokenizer, callbacks=[bridge],
                                       compute_loss_func=trained_tokens_loss if keep else None)
+    trainer.ftkit_config = p.config  # LoRA+ and Muon: create_optimizer below
     for cb in (PrinterCallback, ProgressCallback):  # ftkit's own subscribers show progress
         trainer.remove_callback(cb)
     return trainer
@@ -205,6 +206,15 @@ class AtomicCheckpointTrainer(Trainer):
     """transformers.Trainer whose checkpoint-N is written in a staging folder and renamed into place once complete,
     so a process killed mid-save never leaves a checkpoint-N that looks whole (resume picks the last complete one).
     No public hook runs before a checkpoint is written: see internals.save_checkpoint_atomically."""
+
+    ftkit_config = None
+
+    def create_optimizer(self, model=None):
+        from ftkit.optimizers import create_optimizer
+
+        if self.optimizer is None and self.ftkit_config is not None:
+            self.optimizer = create_optimizer(self, self.ftkit_config)
+        return super().create_optimizer(model)
 
     def _save_checkpoint(self, model, trial):
         from ftkit.internals import save_checkpoint_atomically

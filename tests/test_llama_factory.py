@@ -3,8 +3,8 @@ configs, its argument names and its demo datasets (fetched from its sdist on PyP
 """
 import pytest
 
-from ftkit.config import (KEY_ALIASES, LF_ELSEWHERE, LF_GENERATION, LF_NOT_NEEDED, LF_REFUSED, RunConfig,
-                          read_yaml, training_argument_names)
+from ftkit.config import (KEY_ALIASES, LF_ELSEWHERE, LF_GENERATION, LF_NOT_NEEDED, LF_REFUSED, LOW_RANK_KEYS,
+                          RunConfig, read_yaml, training_argument_names)
 from ftkit.errors import ConfigError
 from real import llama_factory, llama_factory_argument_names
 
@@ -20,6 +20,12 @@ RUN_UNCHANGED = {
     "train_qlora/llama3_lora_sft_aqlm.yaml",
     "extras/nlg_eval/llama3_lora_predict.yaml",  # a predict run (do_predict): answers and scores eval_dataset
     "train_lora/qwen3_preprocess.yaml",  # tokenized_path: tokenizes, saves and stops; then trains from it
+    # the methods of extras/ that a maintained library gives (tests/test_optimizers.py checks each is that method)
+    "extras/loraplus/llama3_lora_sft.yaml", "extras/muon/qwen2_full_sft.yaml", "extras/oft/llama3_oft_sft.yaml",
+    "extras/galore/llama3_full_sft.yaml", "extras/apollo/llama3_full_sft.yaml",
+    "extras/llama_pro/llama3_freeze_sft.yaml",  # on a model `ftkit expand` wrote, as its expand.sh does first
+    "extras/qoft/llama3_oft_sft_bnb_npu.yaml", "extras/qoft/llama3_oft_sft_awq.yaml",
+    "extras/qoft/llama3_oft_sft_gptq.yaml",
 }
 
 
@@ -34,9 +40,9 @@ def test_every_llama_factory_argument_name_is_known():
     an unknown key, and none is dropped without a word."""
     names = llama_factory_argument_names()
     assert len(names) >= 200
-    mapped = {"disable_gradient_checkpointing", "pissa_iter", *LF_GENERATION}
+    mapped = {"disable_gradient_checkpointing", "pissa_iter", "enable_liger_kernel", *LF_GENERATION}
     known = {*RunConfig.fields(), *training_argument_names(), *KEY_ALIASES, *LF_NOT_NEEDED, *LF_REFUSED,
-             *LF_ELSEWHERE, *mapped}
+             *LF_ELSEWHERE, *LOW_RANK_KEYS, *mapped}
     assert set(names) - known == set()
     for name in names:
         try:
@@ -75,12 +81,23 @@ def test_example_configs_plan_on_llama_factorys_datasets(workdir, monkeypatch):
     run) from LLaMA-Factory's folder, as its README runs them; the not-needed keys are listed once."""
     import ftkit
 
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from ftkit.tiny import path as tiny
+
     root = llama_factory()
+    # LLaMA Pro's example trains a model expanded by 8 blocks (its expand.sh): tiny's shape with 8 layers, expanded
+    config = AutoConfig.from_pretrained(tiny())
+    config.num_hidden_layers = 8
+    AutoModelForCausalLM.from_config(config).save_pretrained(workdir / "tiny8")
+    AutoTokenizer.from_pretrained(tiny()).save_pretrained(workdir / "tiny8")
+    expanded = ftkit.expand(str(workdir / "tiny8"), 8, workdir / "tiny8-pro")
     monkeypatch.chdir(root)
     for name in sorted(RUN_UNCHANGED - {"train_full/qwen3_full_sft.yaml", "train_lora/qwen3_lora_sft_ds3.yaml",
                                         "extras/nlg_eval/llama3_lora_predict.yaml", "train_lora/qwen3_preprocess.yaml"}):
         raw = read_yaml(root / "examples" / name)
-        plan = ftkit.plan({**raw, "model_name_or_path": "tiny", "output_dir": str(workdir / name)})
+        model = str(expanded) if "llama_pro" in name else "tiny"
+        plan = ftkit.plan({**raw, "model_name_or_path": model, "output_dir": str(workdir / name)})
         summary = plan.summary()
         assert summary["examples"] == 1090 and "do_train" in summary["accepted"], name  # identity + alpaca_en_demo
     with pytest.raises(ConfigError, match="deepspeed: the deepspeed package is not installed"):  # ZeRO-3: GPUs
@@ -350,7 +367,8 @@ def test_tokenized_path_tokenizes_once_then_trains_from_it(workdir, monkeypatch,
 def test_v1_configs_and_their_dataset_file_train(workdir, monkeypatch):
     """LLaMA-Factory's v1 format (examples/v1/): model, peft_config, train_dataset naming a dataset file whose
     records have content parts and per-message loss_weight, micro/global batch sizes. Those that ask for what ftkit
-    lacks (dynamic batching, Liger kernels, context parallelism) are refused by name."""
+    lacks (dynamic batching, context parallelism) are refused by name; Liger kernels are transformers'
+    use_liger_kernel, refused by the pre-flight where there is no CUDA GPU to run them."""
     import ftkit
 
     root = llama_factory()
@@ -363,7 +381,14 @@ def test_v1_configs_and_their_dataset_file_train(workdir, monkeypatch):
         except ConfigError as e:
             refused[f.name] = e.problems
     assert set(refused) == {"train_full_fsdp2_dynamic_batching.yaml", "train_full_fsdp2_dynamic_padding_free.yaml",
-                            "train_full_liger_kernel.yaml", "train_full_ulysses_cp.yaml", "export_lora.yaml"}, refused
+                            "train_full_ulysses_cp.yaml", "export_lora.yaml"}, refused
+    liger = RunConfig.from_any(root / "examples/v1/train_full/train_full_liger_kernel.yaml",
+                               {"model_name_or_path": "tiny"})
+    assert liger.extra["use_liger_kernel"] is True
+    import torch
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="use_liger_kernel: Liger's kernels are Triton kernels for CUDA GPUs"):
+            ftkit.plan(liger)
     assert not any("unknown key" in p for ps in refused.values() for p in ps)
     lora = RunConfig.from_any(root / "examples/v1/train_lora/train_lora_sft.yaml", {"model_name_or_path": "tiny"})
     assert (lora.finetuning_type, lora.lora_rank, lora.lora_alpha, lora.lora_target) == ("lora", 16, 32, "all")
@@ -407,9 +432,9 @@ def test_every_problem_of_a_file_is_said_at_once(workdir):
 
     with pytest.raises(ConfigError) as e:
         ftkit.plan({"model_name_or_path": "tiny", "dataset": "no_such_dataset", "template": "llama-3",
-                    "use_galore": True, "lora_rnak": 8, "output_dir": str(workdir / "run")})
+                    "use_badam": True, "lora_rnak": 8, "output_dir": str(workdir / "run")})
     said = "\n".join(e.value.problems)
-    for part in ("use_galore: ftkit does not support GaLore", "lora_rnak: unknown key; did you mean lora_rank",
+    for part in ("use_badam: ftkit does not support BAdam", "lora_rnak: unknown key; did you mean lora_rank",
                  "dataset: 'no_such_dataset' is neither a file", "template: 'llama-3' is not a known template"):
         assert part in said, said
 
