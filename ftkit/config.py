@@ -66,6 +66,9 @@ class RunConfig:
     eval_dataset: str | None = _f(None, "Dataset(s) to evaluate on instead of holding out part of `dataset`, "
                                         "comma-separated, like `dataset`.")
     max_samples: int | None = _f(None, "Use at most this many examples from each dataset.")
+    preprocessing_num_workers: int | None = _f(None, "Processes that render and tokenize a dataset of more than "
+                                                     "4,096 conversations (at most one per CPU core); default: one per "
+                                                     "core, up to 8.")
     streaming: bool = _f(False, "Read and tokenize the data as training goes, a chunk at a time, never the whole set "
                                 "(for sets larger than memory): needs max_steps; the pre-flight figures come from "
                                 "the first examples.")
@@ -400,7 +403,7 @@ def _group(names: str, why: str) -> dict[str, str]:
 
 
 LF_NOT_NEEDED = {
-    **_group("do_train preprocessing_num_workers preprocessing_batch_size overwrite_cache data_shared_file_system "
+    **_group("do_train preprocessing_batch_size overwrite_cache data_shared_file_system "
              "use_fast_tokenizer low_cpu_mem_usage print_param_status include_effective_tokens_per_second "
              "ignore_pad_token_for_loss use_kv_cache pissa_convert cache_dir hf_hub_token ms_hub_token "
              "om_hub_token quantization_method", "bookkeeping ftkit does itself"),

@@ -648,25 +648,74 @@ def encode(conversations, tokenizer, template, cutoff_len: int, train_on_prompt:
 
 
 def encode_rows(conversations, tokenizer, template, cutoff_len: int, train_on_prompt: bool = False,
-                writer: RowsWriter | None = None) -> Rows:
+                writer: RowsWriter | None = None, workers: int = 1) -> Rows:
     """One row per conversation (any iterable of them, taken CHUNK at a time: a stream is never whole in memory),
     into `writer` (a folder, for the cache) or memory. Each text is tokenized whole by the tokenizer's Rust backend,
     batched on every core, and a token is trained when its characters overlap a trained span, found from the
-    spans' ends (`char_to_token`) instead of every token's offsets. `reference_rows` is the per-example path it
+    spans' ends (`char_to_token`) instead of every token's offsets. With `workers` > 1, chunks are rendered and
+    tokenized in that many forked processes while this one reads. `reference_rows` is the per-example path it
     must equal; a tokenizer without a Rust backend takes that path."""
     writer = writer if writer is not None else RowsWriter()
     backend = getattr(tokenizer, "backend_tokenizer", None)
     eot_ids = np.array(sorted(single_token_ids(tokenizer, template.stop)), dtype=np.int32)
+    if backend is None:
+        def job(chunk):
+            return _columns_of(reference_rows(chunk, tokenizer, template, cutoff_len, train_on_prompt))
+    else:
+        def job(chunk):
+            return _encode_chunk(chunk, tokenizer, template, cutoff_len, train_on_prompt, eot_ids)
     try:
-        for chunk in chunks(conversations, CHUNK):
-            if backend is None:
-                writer.add(*_columns_of(reference_rows(chunk, tokenizer, template, cutoff_len, train_on_prompt)))
-            else:
-                writer.add(*_encode_chunk(chunk, tokenizer, template, cutoff_len, train_on_prompt, eot_ids))
+        for columns in _in_processes(chunks(conversations, CHUNK), job, workers):
+            writer.add(*columns)
     except BaseException:
         writer.abandon()
         raise
     return writer.finish()
+
+
+_JOB = None  # what a forked tokenizing process runs on each chunk (inherited, never pickled)
+
+
+def _run_job(chunk):
+    return _JOB(chunk)
+
+
+def _one_thread():
+    os.environ["RAYON_NUM_THREADS"] = "1"  # each process tokenizes on one thread (ftkit.fastbpe.threads)
+
+
+def _in_processes(parts, job, workers: int):
+    """job(part) for each part, in order: here, or in `workers` forked processes when there are two parts or more
+    (and fork exists). At most two parts per process are in flight, so a stream is never read far ahead."""
+    import collections
+    import multiprocessing
+
+    global _JOB
+    parts = iter(parts)
+    ahead = list(itertools.islice(parts, 2))
+    if workers < 2 or len(ahead) < 2 or "fork" not in multiprocessing.get_all_start_methods():
+        yield from map(job, itertools.chain(ahead, parts))
+        return
+    _JOB = job
+    try:
+        with multiprocessing.get_context("fork").Pool(workers, initializer=_one_thread) as pool:
+            pending = collections.deque()
+            for part in itertools.chain(ahead, parts):
+                pending.append(pool.apply_async(_run_job, (part,)))
+                if len(pending) >= 2 * workers:
+                    yield pending.popleft().get()
+            while pending:
+                yield pending.popleft().get()
+    finally:
+        _JOB = None
+
+
+def preprocessing_workers(setting: int | None) -> int:
+    """Processes that tokenize: the setting (LLaMA-Factory's preprocessing_num_workers), at most one per CPU this
+    process may use; unset, one per CPU up to 8."""
+    from ftkit.fastbpe import threads
+
+    return max(1, min(setting, threads())) if setting else min(8, threads())
 
 
 def chunks(items, size: int):
@@ -950,7 +999,7 @@ def _fingerprint(path: Path, tokenizer, template, cutoff_len: int, train_on_prom
 
 
 def encoded_source(src: Source, fmt: str, tokenizer, template, cutoff_len: int, train_on_prompt: bool,
-                   replace: dict | None = None) -> Rows:
+                   replace: dict | None = None, workers: int = 1) -> Rows:
     """The rows of one dataset, memory-mapped from the cache when this exact tokenization was done before; else
     tokenized chunk by chunk into the cache (or memory, with the cache off)."""
     root = cache_dir()
@@ -964,12 +1013,12 @@ def encoded_source(src: Source, fmt: str, tokenizer, template, cutoff_len: int, 
     writer = RowsWriter(root / key) if key else None
     try:
         return encode_rows(source_conversations(src, fmt=fmt, replace=replace, stream=True), tokenizer, template,
-                           cutoff_len, train_on_prompt, writer)
+                           cutoff_len, train_on_prompt, writer, workers)
     except OSError:  # a read-only home or a full disk costs the cache, not the run
         if not key:
             raise
     return encode_rows(source_conversations(src, fmt=fmt, replace=replace, stream=True), tokenizer, template,
-                       cutoff_len, train_on_prompt)
+                       cutoff_len, train_on_prompt, workers=workers)
 
 
 @dataclass
@@ -988,7 +1037,8 @@ def dataset_rows(cfg, tokenizer, template, cutoff_len: int, names: list[str] | N
     parts = []
     for src in sources:
         fmt = cfg.formatting if cfg.formatting != "auto" else src.formatting
-        part = encoded_source(src, fmt, tokenizer, template, cutoff_len, cfg.train_on_prompt, cfg.replace)
+        part = encoded_source(src, fmt, tokenizer, template, cutoff_len, cfg.train_on_prompt, cfg.replace,
+                              preprocessing_workers(cfg.preprocessing_num_workers))
         if part.holes:
             src.placeholders = list(part.holes)
         index = list(range(len(part)))

@@ -180,3 +180,27 @@ def test_the_fast_batch_path_equals_the_per_example_path(vocab, kind, path, monk
     assert seen == {0, 1, 2, 3}, "the cases this test is about: kept, cut after answers, mid-answer, dropped"
     fast = fastbpe.for_tokenizer(tok)
     assert (path == "tiktoken") == bool(fast and fast.trusted and fast.batches)  # the path this case is about
+
+
+def test_tokenizing_processes_give_the_rows_one_process_gives(tmp_path, monkeypatch):
+    """preprocessing_num_workers: chunks rendered and tokenized in forked processes come back in order, equal to
+    one process's rows (ids, labels, cuts, end-of-turn, reasoning, placeholders), on Qwen2's real tokenizer."""
+    import os
+
+    from ftkit import data
+
+    tok, template = tokenizer_and_template("qwen2", "builtin")
+    monkeypatch.setattr(data, "CHUNK", 500)  # 3,000 conversations: 6 chunks, so the processes start
+    started = data._one_thread
+    monkeypatch.setattr(data, "_one_thread", lambda: ((tmp_path / str(os.getpid())).touch(), started()))
+    convs = mixed_conversations()
+    one = data.encode_rows(iter(convs), tok, template, 160)
+    two = data.encode_rows(iter(convs), tok, template, 160, workers=2)
+    pids = {int(f.name) for f in tmp_path.iterdir()}
+    assert len(pids) == 2 and os.getpid() not in pids
+    assert len(one) == len(two) == len(convs)
+    for k in range(len(convs)):
+        assert (one[k]["input_ids"], one[k]["labels"]) == (two[k]["input_ids"], two[k]["labels"]), k
+    for column in ("cut", "eot", "lost"):
+        assert getattr(one, column).tolist() == getattr(two, column).tolist(), column
+    assert set(one.holes) == set(two.holes) == {"name"}
