@@ -6,8 +6,9 @@ Builds deterministic chat datasets from ftkit's bundled texts (bench/_data_scale
 single and multi-turn, lengths spread like real chat sets) and a small Qwen2 model with Qwen2's real 151k-token
 tokenizer (converted from llama.cpp's vocabulary, tests/real.py). Then, each in its own process, side by side:
 
-- ftkit's data preparation, what `ftkit train --dry-run` does, with 1 and 2 tokenizer threads, from an empty
-  tokenization cache; and again with the cache the run before left (a second run of the same data);
+- ftkit's data preparation, what `ftkit train --dry-run` does, with `preprocessing_num_workers` 1 and 2 (processes
+  that render and tokenize, one thread each), from an empty tokenization cache; and again with the cache the run
+  before left (a second run of the same data);
 - LLaMA-Factory's preprocessing of the same file (its run_sft up to get_dataset, `preprocessing_num_workers` 1 and
   2, its `datasets` cache fresh), with the same template (qwen) and cutoff_len (1024);
 - the time from the process's start to the first training step (max_steps 1), for both;
@@ -155,11 +156,13 @@ def run_size(n: int, baseline: bool, lf_py: Path, ft_py: Path, model: Path) -> d
               f"{r['peak_rss_mib']:8,.0f} MiB", flush=True)
 
     cache = WORK / "cache" / str(n)
-    threads = (1, 2) if n <= 200_000 else (2,)
-    for t in threads:
+    workers = (1, 2) if n <= 200_000 else (2,)
+    for w in workers:
         shutil.rmtree(cache, ignore_errors=True)
-        show(f"ftkit prepare, {t} thread{'s' * (t > 1)}",
-             prepare("ftkit", ft_py, ftkit, t, {"FTKIT_CACHE_DIR": str(cache)}, f"ftkit-{n}-{t}"))
+        show(f"ftkit prepare, {w} worker{'s' * (w > 1)}",
+             prepare("ftkit", ft_py, {**ftkit, "preprocessing_num_workers": w}, w, {"FTKIT_CACHE_DIR": str(cache)},
+                     f"ftkit-{n}-{w}"))
+    ftkit = {**ftkit, "preprocessing_num_workers": 2}
     show("ftkit prepare, cached (second run)",
          prepare("ftkit", ft_py, ftkit, 2, {"FTKIT_CACHE_DIR": str(cache)}, f"ftkit-{n}-cached"))
     if baseline:
@@ -213,7 +216,7 @@ def summary(results: dict) -> str:
     lines = ["", "ratios (ftkit over LLaMA-Factory; > 1: ftkit faster, < 1: ftkit uses less memory):"]
     for n, rows in results.items():
         for t in (1, 2):
-            ft, lf = rows.get(f"ftkit prepare, {t} thread{'s' * (t > 1)}"), rows.get(
+            ft, lf = rows.get(f"ftkit prepare, {t} worker{'s' * (t > 1)}"), rows.get(
                 f"LLaMA-Factory prepare, {t} worker{'s' * (t > 1)}")
             if ft and lf:
                 lines.append(f"  {n:>9,}  {t} worker{'s' * (t > 1)}: speed {lf['prepared_s'] / ft['prepared_s']:.2f}x, "
@@ -222,9 +225,9 @@ def summary(results: dict) -> str:
         if ft and lf:
             lines.append(f"  {n:>9,}  first step: {lf['first_step_s'] / ft['first_step_s']:.2f}x sooner")
     sizes = sorted(results)
-    lines += ["", "cost against size (ftkit, 2 threads, empty cache):"]
+    lines += ["", "cost against size (ftkit, 2 workers, empty cache):"]
     for small, big in zip(sizes, sizes[1:]):
-        a, b = results[small]["ftkit prepare, 2 threads"], results[big]["ftkit prepare, 2 threads"]
+        a, b = results[small]["ftkit prepare, 2 workers"], results[big]["ftkit prepare, 2 workers"]
         lines.append(f"  {small:,} -> {big:,} ({big / small:.0f}x the data): time {b['prepared_s'] / a['prepared_s']:.1f}x, "
                      f"memory {b['peak_rss_mib'] / a['peak_rss_mib']:.2f}x")
         sa, sb = results[small].get("ftkit first step, streaming"), results[big].get("ftkit first step, streaming")
