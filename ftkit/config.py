@@ -305,9 +305,9 @@ class RunConfig:
         if self.use_llama_pro and kind not in ("freeze", "lora"):
             p.append(f"use_llama_pro: trains the expanded blocks of a model by freeze tuning or LoRA, not "
                      f"{kind}")
-        low_rank = str(optim).split("_")[0] if str(optim).startswith(("galore", "apollo")) else None
+        low_rank = self.low_rank_optimizer
         if low_rank and kind in ADAPTERS:
-            p.append(f"use_{low_rank}: {dict(galore='GaLore', apollo='APOLLO')[low_rank]} projects the gradients of whole weight matrices; "
+            p.append(f"use_{low_rank}: {LOW_RANK_NAMES[low_rank]} projects the gradients of whole weight matrices; "
                      f"use it with finetuning_type full or freeze, not {kind}")
         if self.use_muon and optim not in (None, "adamw_torch"):
             p.append(f"use_muon: Muon is an optimizer; it replaces {'use_' + low_rank if low_rank else 'optim'}"
@@ -317,6 +317,12 @@ class RunConfig:
         return p
 
     # ---- views -----------------------------------------------------------
+
+    @property
+    def low_rank_optimizer(self) -> str | None:
+        """galore or apollo when the optimizer is one of theirs (transformers' optim names)."""
+        optim = str(self.extra.get("optim", ""))
+        return optim.split("_")[0] if optim.split("_")[0] in LOW_RANK_NAMES else None
 
     @property
     def trains_adapter(self) -> bool:
@@ -412,6 +418,7 @@ LF_NOT_NEEDED = {
 }
 # GaLore and APOLLO: transformers' optimizers of those names (optim, optim_target_modules, optim_args), from the
 # galore-torch and apollo-torch packages; LLaMA-Factory's keys and defaults -> transformers' optim_args names
+LOW_RANK_NAMES = {"galore": "GaLore", "apollo": "APOLLO"}
 LOW_RANK_OPTIMIZERS = {
     "galore": {"rank": ("rank", 16), "update_interval": ("update_proj_gap", 200), "scale": ("scale", 2.0),
                "proj_type": ("proj_type", "std")},
@@ -568,8 +575,8 @@ def _from_v1(raw: dict) -> tuple[dict, list[str], list[str]]:
             flat["gradient_accumulation_steps"] = whole // part
     if raw.get("flash_attn") == "flash_attention2":
         raw["flash_attn"] = "fa2"
-    accepted = [k for k, given in (("kernel_config", kernels and "use_liger_kernel" not in flat), ("dist_config", dist and "deepspeed" not in flat),
-                                   ("sample_backend", raw.pop("sample_backend", None)),
+    accepted = [k for k, given in (("kernel_config", kernels and "use_liger_kernel" not in flat),
+                                   ("dist_config", dist and "deepspeed" not in flat), ("sample_backend", raw.pop("sample_backend", None)),
                                    ("init_config", raw.pop("init_config", None))) if given]
     return {**flat, **raw}, accepted, problems  # a flat key given too (a command-line override) wins
 

@@ -64,10 +64,8 @@ def expand(model: str, num_expand: int, out: str | Path | None = None, trust_rem
     layers.extend(blocks)
     _expand_config(net.config, count, origins)
 
-    with torch.no_grad():
-        after = net(input_ids=probe).logits.float()
-    gap = (after - before).abs().max().item()
-    if gap > 1e-4 * before.abs().max().clamp(min=1.0).item():
+    gap = _gap(net, probe, before)
+    if gap is not None:
         raise ModelError(f"{model}: the added blocks do not leave the model's output unchanged (logits differ by "
                          f"{gap:.3g}); block expansion knows blocks whose outputs go through "
                          f"{', '.join(OUTPUT_PROJECTIONS)}")
@@ -76,10 +74,10 @@ def expand(model: str, num_expand: int, out: str | Path | None = None, trust_rem
         net.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         del net, layers, blocks
-        with torch.no_grad():  # what was saved loads as the same model (the config describes the new layout)
-            saved = AutoModelForCausalLM.from_pretrained(tmp, dtype="auto", trust_remote_code=trust_remote_code)
-            gap = (saved.eval()(input_ids=probe).logits.float() - before).abs().max().item()
-        if gap > 1e-4 * before.abs().max().clamp(min=1.0).item():
+        # what was saved loads as the same model (the config describes the new layout)
+        gap = _gap(AutoModelForCausalLM.from_pretrained(tmp, dtype="auto", trust_remote_code=trust_remote_code),
+                   probe, before)
+        if gap is not None:
             raise ModelError(f"{model}: the expanded model, saved and loaded again, gives other logits (by "
                              f"{gap:.3g}); its config could not describe the new layout")
     except BaseException:
@@ -89,6 +87,15 @@ def expand(model: str, num_expand: int, out: str | Path | None = None, trust_rem
         raise
     replace_dir(tmp, out)
     return out
+
+
+def _gap(net, probe, before) -> float | None:
+    """How far the model's logits on the probe are from `before`, when beyond rounding; None when they agree."""
+    import torch
+
+    with torch.no_grad():
+        gap = (net.eval()(input_ids=probe).logits.float() - before).abs().max().item()
+    return gap if gap > 1e-4 * before.abs().max().clamp(min=1.0).item() else None
 
 
 def _identity_copy(layer):

@@ -78,7 +78,7 @@ def estimate(cfg, model_config, counts: dict[str, int], batch: int, seq_len: int
     # nf4/fp4: half a byte a value plus block scales (fp32 per 64, or 8-bit per 64 + fp32 per 16k when doubled)
     bits = {4: 0.5 + (1 / 64 + 4 / 16384 if cfg.double_quantization else 4 / 64), 8: 1.0}.get(cfg.quantization_bit, 0)
     weights = (counts["total"] - counts["trainable"] - quantized) * width + quantized * bits \
-        + counts["trainable"] * trained_width  # trainable weights are kept in fp32
+        + counts["trainable"] * trained_width
 
     trainable_state = counts["trainable"] * 3 * trained_width  # gradient + two AdamW moments (from the first update)
 

@@ -207,19 +207,24 @@ def lora_config(model, cfg):
     return config
 
 
+def linear_targets(model) -> list[str]:
+    """`all` for OFT, GaLore and APOLLO: the leaf names of every linear layer but the head and routers."""
+    from ftkit.architectures import ROUTER_NAMES
+
+    return sorted(n for n in lora_candidates(model)[0] if n not in ROUTER_NAMES)
+
+
 def oft_config(model, cfg):
     """peft OFTConfig (orthogonal fine-tuning): a learned block-diagonal rotation of each target layer's input;
     `oft_target: all` = every linear layer but the head and routers."""
     from peft import OFTConfig
-
-    from ftkit.architectures import ROUTER_NAMES
 
     from ftkit.config import _names
 
     linear, _ = lora_candidates(model)
     wanted = _names(cfg.oft_target)
     if wanted == ["all"]:
-        wanted = [n for n in linear if n not in ROUTER_NAMES]
+        wanted = linear_targets(model)
     missing = [t for t in wanted if t not in linear]
     if missing:
         raise ConfigError(f"oft_target: {', '.join(missing)} match no linear layer of this model; it has: "

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ftkit.config import RUN_CONFIG, RunConfig
+from ftkit.config import LOW_RANK_NAMES, RUN_CONFIG, RunConfig
 from ftkit.errors import ConfigError, DataError
 from ftkit.model import quiet
 
@@ -78,11 +78,8 @@ def plan(config) -> Plan:
                         "among the trained tokens, so the model would never learn to stop; check the template "
                         "and cutoff_len")
     skeleton = M.skeleton(cfg, model_path, tokenizer)
-    if cfg.extra.get("optim_target_modules") == "all" and _low_rank(cfg):  # GaLore/APOLLO on every linear layer
-        from ftkit.architectures import ROUTER_NAMES  # but the head and routers, as LoRA's `all`
-
-        linear = sorted(n for n in M.lora_candidates(skeleton)[0] if n not in ROUTER_NAMES)
-        cfg = dataclasses.replace(cfg, extra={**cfg.extra, "optim_target_modules": linear})
+    if cfg.extra.get("optim_target_modules") == "all" and cfg.low_rank_optimizer:  # GaLore/APOLLO: `all` as OFT's
+        cfg = dataclasses.replace(cfg, extra={**cfg.extra, "optim_target_modules": M.linear_targets(skeleton)})
     counts = memory.model_counts(skeleton)
     seq_len = min(cfg.cutoff_len, int(stats.lengths.max()))
     def size(c: RunConfig):
@@ -132,12 +129,6 @@ def load_config(source, overrides=None) -> RunConfig:
         raise
 
 
-def _low_rank(cfg: RunConfig) -> str | None:
-    """galore or apollo when the optimizer is one of theirs (transformers' optim names)."""
-    optim = str(cfg.extra.get("optim", ""))
-    return optim.split("_")[0] if optim.startswith(("galore_", "apollo_")) else None
-
-
 def torch_cuda() -> bool:
     import torch
 
@@ -176,7 +167,7 @@ def check_run(cfg: RunConfig) -> None:
         problems.append("use_liger_kernel: Liger's kernels are Triton kernels for CUDA GPUs (pip install "
                         "liger-kernel there); without them the run computes the same, only slower: remove it "
                         "on this machine")
-    low_rank = _low_rank(cfg)
+    low_rank = cfg.low_rank_optimizer
     if low_rank and importlib.util.find_spec(f"{low_rank}_torch") is None:
         problems.append(f"use_{low_rank}: needs the {low_rank}-torch package, not installed here: pip install "
                         f"{low_rank}-torch (or pip install ftkit[optimizers])")
@@ -302,7 +293,6 @@ def _method_text(cfg: RunConfig) -> str:
             f"freeze ({'last' if n > 0 else 'first'} {abs(n)} layers train)"
     else:
         text = "full fine-tuning"
-    low_rank = _low_rank(cfg)
-    if low_rank:
-        text += f", {'GaLore' if low_rank == 'galore' else 'APOLLO'} ({cfg.extra['optim']}, {cfg.extra.get('optim_args')})"
+    if cfg.low_rank_optimizer:
+        text += f", {LOW_RANK_NAMES[cfg.low_rank_optimizer]} ({cfg.extra['optim']}, {cfg.extra.get('optim_args')})"
     return text + (", Muon + AdamW" if cfg.use_muon else "")

@@ -25,14 +25,15 @@ ARCH_CONFIGS = {
 }
 
 
-def build(model_type: str, folder, tokenizer):
-    """Save a random-initialised model of this architecture with the tiny tokenizer; returns the folder."""
+def build(model_type: str, folder, tokenizer, **shape):
+    """Save a random-initialised model of this architecture with the tiny tokenizer (`shape` overrides its
+    config, e.g. num_hidden_layers); returns the folder."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
     eos = tokenizer.eos_token_id
     config = AutoConfig.for_model(model_type, vocab_size=len(tokenizer), bos_token_id=eos, eos_token_id=eos,
-                                  pad_token_id=eos, **ARCH_CONFIGS[model_type])
+                                  pad_token_id=eos, **{**ARCH_CONFIGS[model_type], **shape})
     torch.manual_seed(0)
     AutoModelForCausalLM.from_config(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)

@@ -567,3 +567,23 @@ def test_tool_calls_render_as_llama_factory_writes_them(name, lf_templates):
             checked += 1
             with_tools += bool(tools)
     assert checked == 600 and with_tools > 300
+
+
+def test_galore_and_apollo_defaults_are_llama_factorys():
+    """Keys left out of a use_galore / use_apollo file take LLaMA-Factory's defaults, read from its
+    hparams/finetuning_args.py (the field defaults), not written from memory."""
+    import ast
+
+    from ftkit.config import LOW_RANK_OPTIMIZERS
+
+    source = (llama_factory() / "src/llamafactory/hparams/finetuning_args.py").read_text(encoding="utf-8")
+    defaults = {}
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and isinstance(node.value, ast.Call):
+            for kw in node.value.keywords:
+                if kw.arg == "default":
+                    defaults[node.target.id] = ast.literal_eval(kw.value)
+    ours = {f"{kind}_{key}": default for kind, keys in LOW_RANK_OPTIMIZERS.items()
+            for key, (_, default) in keys.items()}
+    assert ours == {name: defaults[name] for name in ours}
+    assert defaults["galore_target"] == defaults["apollo_target"] == "all"

@@ -70,6 +70,15 @@ def test_muon_with_adamw_steps_as_torch_muon_and_adamw_do():
     hidden = [p for n, p in twin_names.items() if muon_parameter(n, p)]
     other = [p for n, p in twin_names.items() if not muon_parameter(n, p)]
     assert len(hidden) == 2 and len(other) == 5  # two Linear weights; embedding, two biases, the norm's two
+    # the split LLaMA-Factory 0.9.5 makes (src/llamafactory/train/trainer_utils.py, _create_muon_optimizer: 2-D,
+    # "embed" and "lm_head" not in the name), on a real architecture's parameter names
+    from transformers import AutoModelForCausalLM
+
+    from ftkit.tiny import path as tiny_path
+
+    llama = AutoModelForCausalLM.from_pretrained(tiny_path())
+    assert all(muon_parameter(n, p) == (p.ndim == 2 and "embed" not in n and "lm_head" not in n)
+               for n, p in llama.named_parameters())
     muon = torch.optim.Muon(hidden, lr=0.01, weight_decay=0.1, adjust_lr_fn="match_rms_adamw")
     adamw = torch.optim.AdamW([{"params": other, "weight_decay": 0.0}], lr=0.01)
     loss(twin).backward()
@@ -120,7 +129,8 @@ def test_galore_and_apollo_are_transformers_optimizers_on_every_linear_layer(wor
     assert cls.__module__.split(".")[0] == f"{kind}_torch" and cls.__name__ in ("AdamW", "APOLLOAdamW"), cls
     projected = kwargs["params"][1]
     assert projected["rank"] == 8 and len(projected["params"]) == 7 * model.config.num_hidden_layers
-    assert projected["scale"] == {"galore": 2.0, "apollo": 32.0}[kind]  # LLaMA-Factory's defaults
+    # LLaMA-Factory 0.9.5's defaults (src/llamafactory/hparams/finetuning_args.py: galore_scale 2.0, apollo_scale 32.0)
+    assert projected["scale"] == {"galore": 2.0, "apollo": 32.0}[kind]
 
 
 @pytest.mark.slow
@@ -167,18 +177,13 @@ def test_oft_block_size_that_does_not_divide_is_named(workdir):
 
 
 def _expanded(workdir, model_type="qwen3", layers=4, num_expand=2):
-    from arch_configs import ARCH_CONFIGS, build
+    from arch_configs import build
     from transformers import AutoTokenizer
 
     from ftkit.tiny import path as tiny_path
 
-    ARCH = {**ARCH_CONFIGS[model_type], "num_hidden_layers": layers}
-    original = workdir / f"{model_type}-base"
-    saved, ARCH_CONFIGS[model_type] = ARCH_CONFIGS[model_type], ARCH
-    try:
-        build(model_type, original, AutoTokenizer.from_pretrained(tiny_path()))
-    finally:
-        ARCH_CONFIGS[model_type] = saved
+    original = build(model_type, workdir / f"{model_type}-base", AutoTokenizer.from_pretrained(tiny_path()),
+                     num_hidden_layers=layers)
     return original, ftkit.expand(str(original), num_expand, workdir / f"{model_type}-pro")
 
 
