@@ -23,6 +23,9 @@ from ftkit.errors import ConfigError
 RUN_CONFIG = "run.yaml"            # in the output folder: reproduces the run
 ADAPTER_CONFIG = "ftkit_run.yaml"  # beside saved weights: lets merge, chat and export find base and template
 FINETUNING_TYPES = ("lora", "oft", "full", "freeze")
+STAGES = ("pt", "sft", "rm", "dpo", "kto")
+PREFERENCE_STAGES = ("rm", "dpo", "kto")  # data: pairs (rm, dpo) or answers labelled good or bad (kto)
+PREF_LOSSES = ("sigmoid", "hinge", "ipo")  # DPO's losses (TRL's DPOTrainer loss_type)
 ADAPTERS = ("lora", "oft")  # methods that train and save a peft adapter beside the frozen base
 MIX_STRATEGIES = ("concat", "interleave_under", "interleave_over")
 FLASH_ATTN = ("auto", "fa2", "sdpa", "eager")
@@ -80,7 +83,18 @@ class RunConfig:
     replace: dict = _f({}, "Fill {{key}} placeholders in the data, e.g. {name: Tiny, author: ftkit} for "
                            "LLaMA-Factory's identity.json (`--replace name=Tiny author=ftkit`).")
     # method
-    stage: str = _f("sft", "Training stage. Only `sft` (supervised fine-tuning) is supported.")
+    stage: str = _f("sft", "What training does: sft (supervised fine-tuning on conversations), pt (continued "
+                           "pre-training on raw text: every token trained), dpo (preference pairs, TRL's DPO), kto "
+                           "(answers labelled good or bad, TRL's KTO), rm (a reward model: a score head trained on "
+                           "pairs).")
+    pref_beta: float = _f(0.1, "dpo/kto: beta, how strongly the policy is held to the reference model (the base "
+                               "before training; with LoRA, the base with the adapter off: no second copy).")
+    pref_loss: str = _f("sigmoid", "dpo: the loss, sigmoid (DPO) | hinge (SLiC) | ipo.")
+    pref_ftx: float = _f(0.0, "dpo: weight of a supervised loss on the chosen answers, added to the DPO loss.")
+    dpo_label_smoothing: float = _f(0.0, "dpo (sigmoid): the chance a pair's labels are flipped (robust DPO), in "
+                                         "[0, 0.5).")
+    kto_chosen_weight: float = _f(1.0, "kto: weight of the loss on good answers.")
+    kto_rejected_weight: float = _f(1.0, "kto: weight of the loss on bad answers.")
     finetuning_type: str = _f("lora", "lora | oft | full | freeze. oft: orthogonal fine-tuning (peft's OFT), an "
                                       "adapter that rotates each weight's input space.")
     adapter_name_or_path: str | None = _f(None, "A LoRA adapter (its folder or its run's) to go on training: its rank, "
@@ -218,8 +232,7 @@ class RunConfig:
                          "ftkit does not do; remove it")
         elif not self.dataset and not self.tokenized_path:
             p.append("dataset: missing; name a file (data/demo_zh_en.json) or a dataset_info.json entry (demo)")
-        if self.stage != "sft":
-            p.append(f"stage: {self.stage!r} is not supported; ftkit does supervised fine-tuning, stage: sft")
+        p += self._stage_problems()
         if self.finetuning_type not in FINETUNING_TYPES:
             p.append(f"finetuning_type: {self.finetuning_type!r} is not one of {', '.join(FINETUNING_TYPES)}")
         if self.quantization_bit not in (None, 4, 8):
@@ -285,6 +298,29 @@ class RunConfig:
             p.append(f"init_lora_weights: {init!r} is not one of true, false, {', '.join(LORA_INITS)}, pissa_niter_N")
         if self.threads is not None and self.threads < 1:
             p.append(f"threads: must be at least 1, got {self.threads}")
+        return p
+
+    def _stage_problems(self) -> list[str]:
+        p = []
+        if self.stage not in STAGES:
+            hint = " (PPO: ftkit does not train with PPO; dpo or kto learn from the same preferences)" \
+                if self.stage == "ppo" else ""
+            p.append(f"stage: {self.stage!r} is not one of {', '.join(STAGES)}{hint}")
+        if self.pref_loss not in PREF_LOSSES:
+            other = {"orpo": "ORPO", "simpo": "SimPO"}.get(self.pref_loss)
+            p.append(f"pref_loss: {self.pref_loss!r} is not one of {', '.join(PREF_LOSSES)}"
+                     + (f" ({other} is not supported yet)" if other else ""))
+        if not 0 <= self.dpo_label_smoothing < 0.5:
+            p.append(f"dpo_label_smoothing: must be in [0, 0.5), got {self.dpo_label_smoothing}")
+        if self.pref_beta <= 0:
+            p.append(f"pref_beta: must be positive, got {self.pref_beta}")
+        if self.stage in PREFERENCE_STAGES and self.streaming:
+            p.append(f"streaming: stage {self.stage} reads its (pairwise) data whole; remove streaming")
+        if self.stage in PREFERENCE_STAGES and self.packing:
+            p.append(f"packing: stage {self.stage} trains on padded pairs and answers (TRL's collators); remove "
+                     "packing")
+        if self.stage == "rm" and self.finetuning_type == "oft":
+            p.append("finetuning_type: oft is not available for reward models (stage rm); use lora, freeze or full")
         return p
 
     def _method_problems(self) -> list[str]:
@@ -446,11 +482,13 @@ LF_REFUSED = {
              "badam_mask_mode badam_verbose", "BAdam"),
     **_group("use_adam_mini", "Adam-mini"),
     **_group("use_dft_loss use_asft_loss asft_alpha use_eaft_loss eaft_alpha", "the DFT/ASFT/EAFT losses"),
-    **_group("pref_beta pref_ftx pref_bco_weight pref_loss dpo_label_smoothing kto_chosen_weight kto_rejected_weight "
-             "simpo_gamma ppo_buffer_size ppo_epochs ppo_score_norm ppo_target ppo_whiten_rewards ref_model "
-             "ref_model_adapters ref_model_quantization_bit reward_model reward_model_adapters "
-             "reward_model_quantization_bit reward_model_type ld_alpha", "preference and RL training (stage "
-             "rm/dpo/kto/ppo)"),
+    **_group("pref_bco_weight simpo_gamma ld_alpha", "BCO, SimPO and LD-DPO (stage dpo with pref_loss sigmoid, "
+             "hinge or ipo works)"),
+    **_group("ref_model ref_model_adapters ref_model_quantization_bit", "a separate reference model (the "
+             "reference is the model before training: with LoRA, the base with the adapter off)"),
+    **_group("ppo_buffer_size ppo_epochs ppo_score_norm ppo_target ppo_whiten_rewards reward_model "
+             "reward_model_adapters reward_model_quantization_bit reward_model_type", "PPO (stage dpo or kto learns "
+             "from preferences without a reward model)"),
     **_group("use_swanlab swanlab_project swanlab_workspace swanlab_run_name swanlab_mode swanlab_api_key "
              "swanlab_logdir swanlab_lark_webhook_url swanlab_lark_secret", "SwanLab logging (report_to: "
              "tensorboard works)"),

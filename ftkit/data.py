@@ -304,7 +304,7 @@ def data_files(path: Path) -> list[Path]:
     return [path]
 
 
-DATA_SUFFIXES = (".json", ".jsonl", ".csv", ".parquet")
+DATA_SUFFIXES = (".json", ".jsonl", ".csv", ".parquet", ".txt")
 
 
 def iter_records(path: Path):
@@ -314,14 +314,17 @@ def iter_records(path: Path):
         for f in data_files(path):
             yield from iter_records(f)
         return
-    if path.suffix.lower() != ".jsonl" or not path.is_file():
+    if path.suffix.lower() not in (".jsonl", ".txt") or not path.is_file():
         yield from read_records(path)
         return
-    empty = True
+    empty, text = True, path.suffix.lower() == ".txt"
     with path.open(encoding="utf-8-sig") as f:
         for n, line in enumerate(f, 1):
             if line.strip():
                 empty = False
+                if text:  # a .txt file: a document per line (raw text for stage pt), as `datasets` reads it
+                    yield {"text": line.rstrip("\r\n")}
+                    continue
                 try:
                     yield json.loads(line)
                 except json.JSONDecodeError as e:
@@ -337,6 +340,8 @@ def read_records(path: Path) -> list:
     if not path.is_file():
         raise DataError(f"{path}: no such file")
     suffix = path.suffix.lower()
+    if suffix == ".txt":
+        return list(iter_records(path))
     if suffix == ".parquet":
         import pyarrow.parquet as pq
 
@@ -468,8 +473,8 @@ def _apply_tags(rec, tags: dict):
 
 
 def unsupported_kind(rec) -> str | None:
-    """What a record is, when it is data for a kind of training ftkit does not do (yet): media, preference
-    pairs, KTO examples. Recognised, so they are refused by name instead of misread."""
+    """What a record is, when it is not a conversation to train on: media, preference pairs, KTO examples.
+    Recognised, so they are refused by name instead of misread."""
     if not isinstance(rec, dict):
         return None
     media = [k for k in ("images", "videos", "audios") if rec.get(k)]
@@ -477,10 +482,11 @@ def unsupported_kind(rec) -> str | None:
         return (f"the records hold {' and '.join(media)}: vision and audio fine-tuning is not supported yet; "
                 "use text-only data")
     if "chosen" in rec and "rejected" in rec:
-        return ("preference pairs (chosen / rejected): preference training (DPO, reward models) is not supported "
-                "yet; stage sft trains on conversations")
+        return ("preference pairs (chosen / rejected) are for preference training: set stage: dpo (or rm for a "
+                "reward model); stage sft trains on conversations")
     if isinstance(rec.get("kto_tag", rec.get("label")), bool) and ("messages" in rec or "conversations" in rec):
-        return "KTO examples (a good/bad label per answer): KTO is not supported yet; stage sft trains on conversations"
+        return ("answers labelled good or bad (kto_tag) are for KTO: set stage: kto; stage sft trains on "
+                "conversations")
     return None
 
 
@@ -507,6 +513,7 @@ class Source:
     num_samples: int | None = None  # draw this many examples (with repeats when more than the file has)
     hub: dict | None = None         # {url, subset, split, folder}: a dataset on the Hugging Face Hub
     placeholders: list = field(default_factory=list)  # {{names}} left unfilled in its texts, once tokenized
+    kind: str = "conversations"  # or "pairs" (ranking: chosen/rejected) or "labelled" (kto_tag), as its entry says
 
 
 def resolve_datasets(names: list[str], dataset_dir: str | Path = "data") -> list[Source]:
@@ -579,13 +586,10 @@ def _entry_source(name: str, folder: Path, entry: dict) -> Source:
     if media:
         raise DataError(f"{where}: this dataset has {' and '.join(media)}; vision and audio fine-tuning is not "
                         "supported yet")
-    if entry.get("ranking") or {"chosen", "rejected"} & set(columns):
-        raise DataError(f"{where}: preference data (ranking, chosen/rejected) is for preference training (stage "
-                        "dpo/rm), not supported yet")
-    if "kto_tag" in columns:
-        raise DataError(f"{where}: KTO data (kto_tag) is for KTO training, not supported yet")
+    kind = "pairs" if entry.get("ranking") or {"chosen", "rejected"} & set(columns) else \
+        "labelled" if "kto_tag" in columns else "conversations"
     fields = dict(formatting=entry.get("formatting", "auto"), columns=columns or None, tags=entry.get("tags"),
-                  num_samples=entry.get("num_samples"))
+                  num_samples=entry.get("num_samples"), kind=kind)
     url = entry.get("hf_hub_url") or entry.get("ms_hub_url")
     if "file_name" in entry:
         return Source(name, folder / entry["file_name"], **fields)
@@ -602,11 +606,45 @@ def source_conversations(src: Source, cfg=None, fmt: str | None = None, replace:
     `formatting` unless auto (else the dataset's), placeholders filled from the run's `replace`. A list, or with
     `stream` an iterator that reads the file as it goes."""
     if cfg is not None:
-        fmt, replace = (cfg.formatting if cfg.formatting != "auto" else src.formatting), cfg.replace
+        fmt, replace = run_format(cfg, src), cfg.replace
     records = hub_records(src) if src.hub else None
+    if fmt == TEXT:
+        texts = iter_texts(src, records)
+        return texts if stream else list(texts)
     conversations = iter_conversations(src.path, fmt or src.formatting, src.columns, src.tags, records)
     filled = (fill_placeholders([c], replace)[0] for c in conversations) if replace else conversations
     return filled if stream else list(filled)
+
+
+TEXT = "text"  # stage pt's documents: raw text, every token trained
+
+
+def run_format(cfg, src: Source) -> str:
+    """How a run reads a dataset: raw text for pre-training, else the run's formatting, else the dataset's."""
+    if cfg.stage == "pt":
+        return TEXT
+    return cfg.formatting if cfg.formatting != "auto" else src.formatting
+
+
+def iter_texts(src: Source, records=None):
+    """Stage pt: each record's text (the `text` column, or the one a dataset_info.json entry names as its prompt,
+    as LLaMA-Factory's c4_demo and wiki_demo do; a .txt file's lines) as a one-message "conversation" that the
+    text template renders as the text and end-of-sequence. Bad records are refused together, like conversations."""
+    column = (src.columns or {}).get("prompt", "text")
+    problems, count = [], 0
+    for i, rec in enumerate(iter_records(src.path) if records is None else records):
+        count += 1
+        text = rec.get(column) if isinstance(rec, dict) else None
+        if not isinstance(text, str) or not text.strip():
+            problems.append(f"record {i}: " + (f"no text in column {column!r} (keys: {_keys(rec)})"
+                                               if isinstance(rec, dict) else f"expected an object, got "
+                                               f"{type(rec).__name__}"))
+        elif not problems:
+            yield [{"role": "assistant", "content": text}]
+    if problems:
+        more = [f"... and {len(problems) - MAX_LISTED} more"] if len(problems) > MAX_LISTED else []
+        raise DataError(problems[:MAX_LISTED] + more, title=f"{src.path}: {len(problems)} of {count} records "
+                        "have no text for pre-training (stage pt)")
 
 
 def hub_records(src: Source) -> list[dict]:
@@ -769,33 +807,44 @@ def _tokenized(tokenizer, rendered) -> list[tuple]:
 
 def _encode_chunk(chunk, tokenizer, template, cutoff_len: int, train_on_prompt: bool, eot_ids):
     rendered = [weighted(c, template.render(c, tools=getattr(c, "tools", None))) for c in chunk]
-    n = len(chunk)
-    cut, lost, text_eot = np.zeros(n, np.int8), np.zeros(n, np.bool_), np.zeros(n, np.bool_)
-    ids_parts, trained_parts, holes = [], [], set()
-    for k, (c, r, (ids, ranges)) in enumerate(zip(chunk, rendered, _tokenized(tokenizer, rendered), strict=True)):
+    split = getattr(template, "split_long", False)  # raw text (stage pt): a long document is cut into pieces
+    cut, lost, text_eot, ids_parts, trained_parts, holes = [], [], [], [], [], set()
+    for c, r, (ids, ranges) in zip(chunk, rendered, _tokenized(tokenizer, rendered), strict=True):
         trained = np.ones(len(ids), np.uint8) if train_on_prompt else np.zeros(len(ids), np.uint8)
         if not train_on_prompt:
             for first, end in ranges:
                 trained[first:end] = 1
+        how = KEPT
+        if len(ids) > cutoff_len and split:
+            pieces = range(0, len(ids), cutoff_len)
+            ids_parts += [ids[a:a + cutoff_len] for a in pieces]
+            trained_parts += [trained[a:a + cutoff_len] for a in pieces]
+            cut += [KEPT] * len(pieces)
+            lost += [False] * len(pieces)
+            text_eot += [False] * (len(pieces) - 1) + [True]
+            continue
         if len(ids) > cutoff_len:
             head = trained[:cutoff_len + 1]
             ends = np.flatnonzero((head[:-1] == 1) & (head[1:] == 0)) + 1  # answers that end within the cutoff
-            end, cut[k] = (int(ends[-1]), CUT_TURNS) if len(ends) and not train_on_prompt else (cutoff_len, CUT_ANSWER)
+            end, how = (int(ends[-1]), CUT_TURNS) if len(ends) and not train_on_prompt else (cutoff_len, CUT_ANSWER)
             ids, trained = ids[:end], trained[:end]
         if not trained.any():
-            ids, trained, cut[k] = ids[:0], trained[:0], DROPPED
-        if not len(eot_ids):  # end-of-turn is not one token: look at the trained text
-            text_eot[k] = any(stop in r.text[a:b] for stop in template.stop for a, b in r.spans)
-        lost[k] = reasoning_lost(c, r.text)
+            ids, trained, how = ids[:0], trained[:0], DROPPED
+        cut.append(how)
+        # end-of-turn is not one token: look at the trained text
+        text_eot.append(not len(eot_ids) and any(stop in r.text[a:b] for stop in template.stop for a, b in r.spans))
+        lost.append(reasoning_lost(c, r.text))
         holes.update(PLACEHOLDER.findall(r.text))
         ids_parts.append(ids)
         trained_parts.append(trained)
+    n = len(ids_parts)
     lengths = np.array([len(t) for t in ids_parts], dtype=np.int32)
     ids, trained = np.concatenate(ids_parts), np.concatenate(trained_parts)
     row = np.repeat(np.arange(n), lengths)
     n_trained = np.bincount(row, weights=trained, minlength=n).astype(np.int32)
-    eot = (np.bincount(row[(trained == 1) & np.isin(ids, eot_ids)], minlength=n) > 0) if len(eot_ids) else text_eot
-    return ids, trained, lengths, n_trained, cut, eot, lost, holes
+    eot = (np.bincount(row[(trained == 1) & np.isin(ids, eot_ids)], minlength=n) > 0) if len(eot_ids) else \
+        np.array(text_eot, dtype=np.bool_)
+    return (ids, trained, lengths, n_trained, np.array(cut, np.int8), eot, np.array(lost, np.bool_), holes)
 
 
 def _span_tokens(encoding, a: int, b: int) -> tuple[int, int]:
@@ -822,7 +871,13 @@ def reference_rows(conversations, tokenizer, template, cutoff_len: int, train_on
     enc = tokenizer([r.text for r in rendered], add_special_tokens=False, return_offsets_mapping=True)
     eot_ids = set(single_token_ids(tokenizer, template.stop))
     rows = []
+    split = getattr(template, "split_long", False)
     for c, r, ids, offsets in zip(conversations, rendered, enc["input_ids"], enc["offset_mapping"], strict=True):
+        if split and len(ids) > cutoff_len:  # raw text: a long document in pieces, every token trained
+            rows += [{"input_ids": ids[a:a + cutoff_len], "labels": ids[a:a + cutoff_len], "cut": KEPT,
+                      "eot": a + cutoff_len >= len(ids), "lost": False, "holes": ""}
+                     for a in range(0, len(ids), cutoff_len)]
+            continue
         ids, trained, cut = truncate(ids, trained_tokens(r.spans, offsets, train_on_prompt), cutoff_len,
                                      train_on_prompt)
         labels = [t if keep else IGNORE for t, keep in zip(ids, trained, strict=True)]
@@ -1036,7 +1091,7 @@ def dataset_rows(cfg, tokenizer, template, cutoff_len: int, names: list[str] | N
     sources = resolve_datasets(cfg.datasets if names is None else names, cfg.dataset_dir)
     parts = []
     for src in sources:
-        fmt = cfg.formatting if cfg.formatting != "auto" else src.formatting
+        fmt = run_format(cfg, src)
         part = encoded_source(src, fmt, tokenizer, template, cutoff_len, cfg.train_on_prompt, cfg.replace,
                               preprocessing_workers(cfg.preprocessing_num_workers))
         if part.holes:

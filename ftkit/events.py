@@ -11,8 +11,9 @@ current step (a Stop button does this); what was trained is saved.
             total_params, max_steps, batch_tokens, device, model, finetuning, output_dir, memory, memory_mb,
             memory_available_mb, accepted, placeholders, note, config}
     step   {step, max_steps, epoch, loss, lr, grad_norm, tokens_per_s, memory_mb, memory_total_mb,
-            memory_allocated_mb (CUDA only), elapsed_s, eta_s}
-    eval   {step, eval_loss}
+            memory_allocated_mb (CUDA only), elapsed_s, eta_s, metrics (preference stages: {reward_margin,
+            reward_accuracy, chosen_reward, rejected_reward, kl} as the stage logs them)}
+    eval   {step, eval_loss, metrics}
     sample {step, samples: [{prompt, answer}]}   (when the config lists preview_prompts)
     save   {step, path}
     end    {step, train_loss, runtime_s, output_dir, adapter_dir, stopped}
@@ -132,10 +133,12 @@ class ConsoleProgress:
             width = len(str(e["max_steps"]))
             self._print(
                 f"step {e['step']:>{width}}/{e['max_steps']}  epoch {e['epoch']:.2f}  loss {e['loss']:.4f}  "
+                + "".join(f"{name.replace('_', ' ')} {value:.4g}  " for name, value in e.get("metrics", {}).items()) +
                 f"lr {e['lr']:.2e}  {e['tokens_per_s']:,.0f} tok/s  mem {e['memory_mb']:,.0f} MiB  "
                 f"elapsed {_clock(e['elapsed_s'])}  eta {_clock(e['eta_s'])}")
         elif kind == "eval":
-            self._print(f"eval at step {e['step']}: loss {e['eval_loss']:.4f}")
+            self._print(f"eval at step {e['step']}: loss {e['eval_loss']:.4f}"
+                        + "".join(f", {name.replace('_', ' ')} {value:.4g}" for name, value in e.get("metrics", {}).items()))
         elif kind == "sample":
             for s in e["samples"]:
                 self._print(f"sample at step {e['step']}: {s['prompt']!r} -> {s['answer']!r}")
@@ -152,7 +155,7 @@ def preflight_text(e: Event) -> str:
     trainable, total = e["trainable_params"], e["total_params"]
     lines = [
         f"ftkit run -> {e['output_dir']}",
-        f"  data     {'streaming, the first ' if e.get('sampled') else ''}{e['examples']:,} examples "
+        f"  data     {'streaming, the first ' if e.get('sampled') else ''}{e['examples']:,} {e.get('unit', 'examples')} "
         f"({e['eval_examples']:,} held out), {e['tokens']:,} tokens "
         f"(median {e['length_median']}, longest {e['length_max']}), {e['trained_tokens']:,} trained "
         f"({100 * e['trained_tokens'] / max(e['tokens'], 1):.0f}%)",

@@ -129,7 +129,7 @@ def attention_impl(choice: str) -> tuple[str | None, str | None]:
 def load_model(cfg, model_path: str):
     """The base model to train, in the precision and quantization the config asks for."""
     import torch
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, BitsAndBytesConfig
 
     dtype = compute_dtype(cfg)
     attn, note = attention_impl(cfg.flash_attn)
@@ -146,8 +146,11 @@ def load_model(cfg, model_path: str):
         kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
     if cfg.quantization_bit and device() == "cuda":
         kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", 0))}
+    if cfg.stage == "rm":  # a reward model: the causal LM's body, a new linear head giving one score
+        kwargs["num_labels"] = 1
     try:
-        model = AutoModelForCausalLM.from_pretrained(model_path, **kwargs)
+        auto = AutoModelForSequenceClassification if cfg.stage == "rm" else AutoModelForCausalLM
+        model = auto.from_pretrained(model_path, **kwargs)
     except ImportError as e:
         raise ModelError(f"{model_path}: {_first_line(e)}") from None
     except (OSError, ValueError) as e:
@@ -170,7 +173,7 @@ def lora_candidates(model) -> tuple[dict[str, str], dict[str, str]]:
     head = model.get_output_embeddings()
     linear, experts = {}, {}
     for full, module in model.named_modules():
-        if module is head or full.endswith("lm_head"):
+        if module is head or full.endswith("lm_head") or module is reward_head(model):
             continue
         leaf = full.rsplit(".", 1)[-1]
         if _is_linear(module):
@@ -179,6 +182,11 @@ def lora_candidates(model) -> tuple[dict[str, str], dict[str, str]]:
             if p.dim() == 3:  # fused experts: (n_experts, out, in)
                 experts[pname] = f"{leaf}.{pname}"
     return linear, experts
+
+
+def task_type(cfg) -> str:
+    """peft's task type: a reward model is a sequence classifier (peft keeps its score head whole)."""
+    return "SEQ_CLS" if cfg.stage == "rm" else "CAUSAL_LM"
 
 
 def lora_config(model, cfg):
@@ -200,7 +208,7 @@ def lora_config(model, cfg):
     params = sorted({experts[t] for t in wanted if t in experts})  # a name may be both (dense and expert MLPs)
     save = _saved_modules(model, cfg)
     config = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha or 2 * cfg.lora_rank, lora_dropout=cfg.lora_dropout,
-                        target_modules=modules, target_parameters=params or None, task_type="CAUSAL_LM",
+                        target_modules=modules, target_parameters=params or None, task_type=task_type(cfg),
                         fan_in_fan_out=any(linear[m] == "Conv1D" for m in modules), use_dora=cfg.use_dora,
                         use_rslora=cfg.use_rslora, init_lora_weights=cfg.lora_init, modules_to_save=save,
                         ensure_weight_tying=bool(save), layers_to_transform=_expanded_layers(model, cfg))
@@ -248,11 +256,19 @@ def _saved_modules(model, cfg) -> list[str] | None:
     """Whole modules an adapter trains and saves: modules_to_save, and for new tokens the embeddings (and the
     head, unless it is tied to them)."""
     save = list(cfg.extra_modules)
+    if reward_head(model) is not None:  # a reward model's new score head trains whole
+        save.append(_leaf_name(model, reward_head(model)))
     if cfg.added_tokens:
         save += [_leaf_name(model, model.get_input_embeddings())]
         if not model.config.get_text_config().tie_word_embeddings:
             save += [_leaf_name(model, model.get_output_embeddings())]
     return list(dict.fromkeys(save)) or None
+
+
+def reward_head(model):
+    """A reward model's score head (transformers' sequence-classification models name it `score`), else None."""
+    head = getattr(model, "score", None)
+    return head if getattr(model.config, "num_labels", None) == 1 and hasattr(head, "weight") else None
 
 
 def trainable_layers(count: int, cfg) -> list[int]:
@@ -419,6 +435,8 @@ def make_trainable(model, cfg, notes: list[str] | None = None, weights: bool = T
                                      "expert weights on this MoE model); attention and experts are adapted")
     elif cfg.finetuning_type == "freeze":
         _freeze(model, cfg)
+        if reward_head(model) is not None:
+            reward_head(model).requires_grad_(True)
         if cfg.added_tokens:
             model.get_input_embeddings().requires_grad_(True)
             model.get_output_embeddings().requires_grad_(True)

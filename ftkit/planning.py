@@ -16,9 +16,13 @@ from typing import Any
 
 import numpy as np
 
-from ftkit.config import LOW_RANK_NAMES, RUN_CONFIG, RunConfig
+from ftkit.config import LOW_RANK_NAMES, PREFERENCE_STAGES, RUN_CONFIG, RunConfig
 from ftkit.errors import ConfigError, DataError
 from ftkit.model import quiet
+
+
+UNITS = {"pt": "texts", "dpo": "pairs", "rm": "pairs", "kto": "labelled answers"}  # what stats.examples counts
+STAGE_NAMES = {"pt": "pre-training", "rm": "reward model", "kto": "KTO"}
 
 
 @dataclass
@@ -44,7 +48,8 @@ class Plan:
         cfg, stats = self.config, self.data.stats
         lengths = np.sort(stats.lengths)
         return dict(
-            examples=stats.examples, eval_examples=len(self.data.eval), tokens=stats.tokens,
+            examples=stats.examples, unit=UNITS.get(cfg.stage, "examples"), eval_examples=len(self.data.eval),
+            tokens=stats.tokens,
             length_median=int(lengths[len(lengths) // 2]), length_max=int(lengths[-1]),
             trained_tokens=stats.trained_tokens, sampled=stats.sampled,
             eot_trained=stats.eot_trained, truncated=_truncation_text(cfg, stats),
@@ -66,14 +71,19 @@ def plan(config) -> Plan:
     model_path = M.resolve(cfg.model_name_or_path)
     tokenizer = M.load_tokenizer(model_path, cfg.tokenizer_name_or_path, cfg.trust_remote_code, cfg.added_tokens)
     template = templates.get_template(cfg.template, tokenizer, M.model_type(model_path), cfg.enable_thinking)
-    if cfg.streaming:
+    data_template = templates.TextTemplate.for_tokenizer(tokenizer) if cfg.stage == "pt" else template
+    if cfg.stage in PREFERENCE_STAGES:
+        from ftkit import preference
+
+        prepared = preference.prepare(cfg, tokenizer, template)
+    elif cfg.streaming:
         from ftkit import streaming
 
-        prepared = streaming.prepare(cfg, tokenizer, template)
+        prepared = streaming.prepare(cfg, tokenizer, data_template)
     else:
-        prepared = data.prepare(cfg, tokenizer, template)
+        prepared = data.prepare(cfg, tokenizer, data_template)
     stats = prepared.stats
-    if not stats.eot_trained and not cfg.train_on_prompt:
+    if not stats.eot_trained and not cfg.train_on_prompt and cfg.stage != "pt":
         raise DataError(f"template {cfg.template}: its end-of-turn marker ({' / '.join(template.stop)}) is never "
                         "among the trained tokens, so the model would never learn to stop; check the template "
                         "and cutoff_len")
@@ -82,8 +92,10 @@ def plan(config) -> Plan:
         cfg = dataclasses.replace(cfg, extra={**cfg.extra, "optim_target_modules": M.linear_targets(skeleton)})
     counts = memory.model_counts(skeleton)
     seq_len = min(cfg.cutoff_len, int(stats.lengths.max()))
+    rows_per_example = 2 if cfg.stage in ("dpo", "rm") else 1  # a pair is two sequences in the batch
+
     def size(c: RunConfig):
-        return memory.estimate(c, skeleton.config, counts, c.per_device_train_batch_size, seq_len)
+        return memory.estimate(c, skeleton.config, counts, c.per_device_train_batch_size * rows_per_example, seq_len)
 
     estimate = size(cfg)
     budget = memory.available(M.device())
@@ -148,7 +160,8 @@ def check_run(cfg: RunConfig) -> None:
     problems = []
     for check in [lambda: M.resolve(cfg.model_name_or_path),
                   lambda: cfg.tokenizer_name_or_path and M.resolve(cfg.tokenizer_name_or_path),
-                  *[lambda name=name: resolve_datasets([name], cfg.dataset_dir)
+                  *[lambda name=name: problems.extend(_stage_data_problems(cfg, resolve_datasets([name],
+                                                                                                 cfg.dataset_dir)))
                     for name in cfg.datasets + cfg.eval_datasets]]:
         try:
             check()
@@ -190,6 +203,20 @@ def check_run(cfg: RunConfig) -> None:
         raise ConfigError(problems, title="cannot start this run")
 
 
+STAGE_DATA = {"dpo": ("pairs",), "rm": ("pairs",), "kto": ("labelled", "pairs")}  # kto splits pairs (TRL's way)
+DATA_KINDS = {"pairs": "preference pairs (ranking: chosen/rejected), for stage dpo or rm",
+              "labelled": "answers labelled good or bad (kto_tag), for stage kto",
+              "conversations": "conversations, for stage sft (or pt)"}
+
+
+def _stage_data_problems(cfg: RunConfig, sources) -> list[str]:
+    """A dataset_info.json entry's kind of data against the run's stage (files without an entry are checked as
+    they are read)."""
+    wanted = STAGE_DATA.get(cfg.stage, ("conversations",))
+    return [f"dataset {src.name}: {DATA_KINDS[src.kind]}; this run has stage: {cfg.stage}" for src in sources
+            if src.kind not in wanted]
+
+
 def _deepspeed_problems(ds) -> list[str]:
     """`deepspeed: path/to/ds.json` (or an inline dict) is handed to the Trainer; check what can be checked here."""
     import importlib.util
@@ -218,7 +245,8 @@ def _deepspeed_problems(ds) -> list[str]:
 
 
 def training_arguments(cfg: RunConfig, max_steps: int, evaluate: bool):
-    """transformers.TrainingArguments for the run; passthrough keys may refine ftkit's choices."""
+    """transformers.TrainingArguments for the run (TRL's subclass for a preference stage, with its settings);
+    passthrough keys may refine ftkit's choices."""
     import torch
     from transformers import TrainingArguments
 
@@ -241,8 +269,13 @@ def training_arguments(cfg: RunConfig, max_steps: int, evaluate: bool):
     if cfg.streaming:  # each process reads the stream and takes its batches: accelerate's dispatching (the first
         # process reads, the others are sent slices) would cut the packed batch's per-position fields to its rows
         kwargs["accelerator_config"] = {"dispatch_batches": False}
+    cls = TrainingArguments
+    if cfg.stage in PREFERENCE_STAGES:
+        from ftkit.preference import args_class, stage_arguments
+
+        cls, kwargs = args_class(cfg.stage), {**kwargs, **stage_arguments(cfg)}
     try:
-        return TrainingArguments(**{**kwargs, **cfg.extra})
+        return cls(**{**kwargs, **cfg.extra})
     except (ValueError, TypeError) as e:
         raise ConfigError(f"TrainingArguments refused the config: {str(e).splitlines()[0]}") from None
 
@@ -293,6 +326,11 @@ def _method_text(cfg: RunConfig) -> str:
             f"freeze ({'last' if n > 0 else 'first'} {abs(n)} layers train)"
     else:
         text = "full fine-tuning"
+    if cfg.stage == "dpo":
+        ftx = f" + {cfg.pref_ftx:g} x SFT" if cfg.pref_ftx else ""
+        text = f"DPO ({cfg.pref_loss}{ftx}, beta {cfg.pref_beta:g}), " + text
+    elif cfg.stage != "sft":
+        text = f"{STAGE_NAMES[cfg.stage]}, " + text
     if cfg.low_rank_optimizer:
         text += f", {LOW_RANK_NAMES[cfg.low_rank_optimizer]} ({cfg.extra['optim']}, {cfg.extra.get('optim_args')})"
     return text + (", Muon + AdamW" if cfg.use_muon else "")

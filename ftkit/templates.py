@@ -594,6 +594,27 @@ def check_template_name(name: str) -> str | None:
 THINKING = {"qwen3": ("qwen3", "qwen3_nothink"), "qwen3_nothink": ("qwen3", "qwen3_nothink")}  # (on, off)
 
 
+@dataclass(frozen=True)
+class TextTemplate:
+    """Stage pt (continued pre-training): a document is its text and the tokenizer's end-of-sequence token, every
+    token trained; a document longer than cutoff_len is cut into pieces of cutoff_len tokens, none dropped."""
+
+    stop: tuple[str, ...]
+    name: str = "text"
+    split_long: bool = True
+
+    @classmethod
+    def for_tokenizer(cls, tokenizer) -> "TextTemplate":
+        return cls((getattr(tokenizer, "eos_token", None) or "</s>",))
+
+    def render(self, messages: list[dict], add_generation_prompt: bool = False, tools: list | None = None) -> Rendered:
+        text = "".join(m["content"] for m in messages) + self.stop[0]
+        return Rendered(text, [(0, len(text))])
+
+    def jinja(self) -> str:
+        return "{% for m in messages %}{{ m['content'] }}{% endfor %}" + self.stop[0]
+
+
 def get_template(name: str, tokenizer, model_type: str | None = None, enable_thinking: bool | None = None):
     """The template to train and chat with: a built-in bound to the tokenizer, or `auto` (the tokenizer's own;
     for a tokenizer without one, the model family's default built-in). `enable_thinking` (None: the template's

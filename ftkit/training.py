@@ -16,7 +16,7 @@ from typing import Any
 
 from transformers import Trainer, TrainerCallback  # ftkit.training is the engine: importing it loads transformers
 
-from ftkit.config import ADAPTER_CONFIG, RUN_CONFIG, RunConfig
+from ftkit.config import ADAPTER_CONFIG, PREFERENCE_STAGES, RUN_CONFIG, RunConfig
 from ftkit.errors import ConfigError, RunError
 from ftkit.events import ConsoleProgress, Emitter, JsonlLog, LossPlot, RunMetrics
 from ftkit.folders import partial_dir, replace_dir, trained_dir
@@ -85,13 +85,16 @@ def _train(cfg: RunConfig, callbacks, console: bool, should_stop) -> Run:
 
     set_seed(cfg.seed)  # LoRA's initial weights come from the global RNG: seed before adapting
     model = M.load_model(cfg, p.model_path)
-    packed = cfg.packing is not False and M.packing_isolates(model)
+    preference = cfg.stage in PREFERENCE_STAGES  # TRL's collators pad pairs and labelled answers
+    packed = cfg.packing is not False and not preference and M.packing_isolates(model)
     if cfg.packing and not packed:
         raise ConfigError(f"packing: {M.model_type(p.model_path)} models ignore position_ids when building their "
                           "attention mask, so packed examples would attend to each other; set packing: false")
     if packed and cfg.flash_attn == "auto":  # an explicit sdpa or eager is taken literally
         M.use_packed_attention(model, cfg.cutoff_len)
     M.match_vocab(model, tokenizer)
+    if M.reward_head(model) is not None:  # the score is read at the last token that is not padding
+        model.config.pad_token_id = tokenizer.pad_token_id
     notes = [M.attention_impl(cfg.flash_attn)[1], chat_template_to_save(p.template, tokenizer)[1],
              _reasoning_note(p)]
     model = M.make_trainable(model, cfg, notes)
@@ -188,7 +191,17 @@ def _soft_interrupt(run: Run):
 def _trainer(model, tokenizer, p: Plan, emit, run, packed: bool, should_stop=None):
     from transformers import PrinterCallback, ProgressCallback
 
-    bridge = EventBridge(emit, run, should_stop, Previewer(p, tokenizer))
+    previewer = Previewer(p, tokenizer) if p.config.stage != "rm" else None  # a reward model does not write
+    if p.config.stage in PREFERENCE_STAGES:
+        from ftkit import preference
+
+        bridge = EventBridge(emit, run, should_stop, previewer, preference.METRICS[p.config.stage])
+        trainer = preference.make_trainer(model, tokenizer, p, [bridge], FtkitTrainerMixin)
+        trainer.ftkit_config = p.config
+        for cb in (PrinterCallback, ProgressCallback):
+            trainer.remove_callback(cb)
+        return trainer
+    bridge = EventBridge(emit, run, should_stop, previewer)
     # packed rows: the head scores only the positions whose next token is trained (logits_to_keep), so the
     # vocabulary-wide logits of prompt tokens are never computed or kept; Trainer hands them to trained_tokens_loss
     keep = packed and _keeps_logits(model) and not p.args.label_smoothing_factor
@@ -202,10 +215,11 @@ def _trainer(model, tokenizer, p: Plan, emit, run, packed: bool, should_stop=Non
     return trainer
 
 
-class AtomicCheckpointTrainer(Trainer):
-    """transformers.Trainer whose checkpoint-N is written in a staging folder and renamed into place once complete,
-    so a process killed mid-save never leaves a checkpoint-N that looks whole (resume picks the last complete one).
-    No public hook runs before a checkpoint is written: see internals.save_checkpoint_atomically."""
+class FtkitTrainerMixin:
+    """What ftkit adds to a Trainer (transformers' or TRL's): checkpoint-N is written in a staging folder and renamed
+    into place once complete, so a process killed mid-save never leaves a checkpoint-N that looks whole (resume
+    picks the last complete one; no public hook runs before a checkpoint is written: see
+    internals.save_checkpoint_atomically); LoRA+ and Muon optimizers."""
 
     ftkit_config = None
 
@@ -220,6 +234,10 @@ class AtomicCheckpointTrainer(Trainer):
         from ftkit.internals import save_checkpoint_atomically
 
         save_checkpoint_atomically(self, super()._save_checkpoint, model, trial, replace_dir)
+
+
+class AtomicCheckpointTrainer(FtkitTrainerMixin, Trainer):
+    """transformers.Trainer with ftkit's atomic checkpoints and optimizers (supervised fine-tuning, pre-training)."""
 
 
 def trained_tokens_loss(outputs, labels, num_items_in_batch=None):
@@ -267,8 +285,9 @@ def collator(tokenizer, packed: bool = False, keep_trained_logits: bool = False)
 class EventBridge(TrainerCallback):
     """Translates transformers.Trainer callbacks into ftkit events."""
 
-    def __init__(self, emit, run: Run, should_stop=None, previewer=None):
+    def __init__(self, emit, run: Run, should_stop=None, previewer=None, metric_names: dict | None = None):
         self.emit, self.run, self.should_stop, self.previewer = emit, run, should_stop, previewer
+        self.metric_names = metric_names or {}  # a preference stage's logged metrics -> ftkit's names
         self.t0 = self.t_last = None
         self.tokens_last = 0
         self.eval_s = 0.0  # evaluation and preview time since the last step event, left out of tokens/s
@@ -322,13 +341,18 @@ class EventBridge(TrainerCallback):
                       loss=logs["loss"], lr=logs.get("learning_rate", 0.0), grad_norm=logs.get("grad_norm"),
                       tokens_per_s=rate, memory_mb=used, memory_total_mb=total, memory_allocated_mb=allocated,
                       elapsed_s=elapsed,
-                      eta_s=elapsed / max(state.global_step, 1) * (state.max_steps - state.global_step))
+                      eta_s=elapsed / max(state.global_step, 1) * (state.max_steps - state.global_step),
+                      **self._metrics(logs, ""))
         if "eval_loss" in logs:
             self.eval_s += logs.get("eval_runtime", 0.0)
-            self.emit("eval", step=state.global_step, eval_loss=logs["eval_loss"])
+            self.emit("eval", step=state.global_step, eval_loss=logs["eval_loss"], **self._metrics(logs, "eval_"))
         if args.world_size == 1 and (self.run._stop_requested or self.emit.stop_requested):
             control.should_training_stop = control.should_save = True  # a subscriber asked to stop (with several
             # processes, the next step's agreement in _stop_wanted stops them all together)
+
+    def _metrics(self, logs: dict, prefix: str) -> dict:
+        found = {name: logs[prefix + key] for key, name in self.metric_names.items() if prefix + key in logs}
+        return {"metrics": found} if found else {}
 
     def on_save(self, args, state, control, **kw):
         self.emit("save", step=state.global_step, path=os.path.join(args.output_dir, f"checkpoint-{state.global_step}"))
@@ -399,6 +423,8 @@ def save_trained(model, tokenizer, template, cfg: RunConfig, out: Path, initial:
     try:
         if initial:  # rank 2r adapter for the original base
             model.save_pretrained(tmp, safe_serialization=True, path_initial_model_for_weight_conversion=str(initial))
+        elif "ref" in getattr(model, "peft_config", {}):  # DPO/KTO's frozen copy of the starting adapter stays out
+            model.save_pretrained(tmp, safe_serialization=True, selected_adapters=["default"])
         else:
             model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.chat_template, _ = chat_template_to_save(template, tokenizer)  # the note: the begin event

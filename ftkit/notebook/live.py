@@ -98,7 +98,7 @@ class LivePanel:
         b, s = self.begin, self.last
         if b:
             self.header.value = (f"<b>ftkit</b> {html.escape(self.title)} · {html.escape(b['model'])} · "
-                                 f"{html.escape(b['finetuning'])} · {b['examples']:,} examples · {b['max_steps']:,} steps"
+                                 f"{html.escape(b['finetuning'])} · {b['examples']:,} {b.get('unit', 'examples')} · {b['max_steps']:,} steps"
                                  f" → <code>{html.escape(b['output_dir'])}</code>")
         if s:
             self.stats.value = html.escape(_stats_line(s))
@@ -148,8 +148,10 @@ class LivePanel:
 
 
 def _stats_line(s: dict) -> str:
-    return (f"step {s['step']}/{s['max_steps']} · epoch {s['epoch']:.2f} · loss {s['loss']:.4f} · lr {s['lr']:.2e} · "
-            f"{s['tokens_per_s']:,.0f} tok/s · elapsed {_clock(s['elapsed_s'])} · ETA {_clock(s['eta_s'])}")
+    stage = "".join(f"{name.replace('_', ' ')} {value:.4g} · " for name, value in s.get("metrics", {}).items())
+    return (f"step {s['step']}/{s['max_steps']} · epoch {s['epoch']:.2f} · loss {s['loss']:.4f} · {stage}"
+            f"lr {s['lr']:.2e} · {s['tokens_per_s']:,.0f} tok/s · elapsed {_clock(s['elapsed_s'])} · "
+            f"ETA {_clock(s['eta_s'])}")
 
 
 def _memory_text(s: dict) -> str:
