@@ -513,7 +513,7 @@ class Source:
     num_samples: int | None = None  # draw this many examples (with repeats when more than the file has)
     hub: dict | None = None         # {url, subset, split, folder}: a dataset on the Hugging Face Hub
     placeholders: list = field(default_factory=list)  # {{names}} left unfilled in its texts, once tokenized
-    kind: str = "conversations"  # or "pairs" (ranking: chosen/rejected) or "labelled" (kto_tag), as its entry says
+    kind: str | None = None  # a dataset_info.json entry's: conversations, pairs (ranking) or labelled (kto_tag)
 
 
 def resolve_datasets(names: list[str], dataset_dir: str | Path = "data") -> list[Source]:

@@ -180,6 +180,9 @@ def check_run(cfg: RunConfig) -> None:
         problems.append("use_liger_kernel: Liger's kernels are Triton kernels for CUDA GPUs (pip install "
                         "liger-kernel there); without them the run computes the same, only slower: remove it "
                         "on this machine")
+    if cfg.stage in PREFERENCE_STAGES and importlib.util.find_spec("trl") is None:
+        problems.append(f"stage: {cfg.stage} trains with TRL's trainers, not installed here: pip install "
+                        "'ftkit[trl]' (or pip install trl)")
     low_rank = cfg.low_rank_optimizer
     if low_rank and importlib.util.find_spec(f"{low_rank}_torch") is None:
         problems.append(f"use_{low_rank}: needs the {low_rank}-torch package, not installed here: pip install "
@@ -214,7 +217,7 @@ def _stage_data_problems(cfg: RunConfig, sources) -> list[str]:
     they are read)."""
     wanted = STAGE_DATA.get(cfg.stage, ("conversations",))
     return [f"dataset {src.name}: {DATA_KINDS[src.kind]}; this run has stage: {cfg.stage}" for src in sources
-            if src.kind not in wanted]
+            if src.kind and src.kind not in wanted]
 
 
 def _deepspeed_problems(ds) -> list[str]:

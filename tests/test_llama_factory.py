@@ -26,7 +26,13 @@ RUN_UNCHANGED = {
     "extras/llama_pro/llama3_freeze_sft.yaml",  # on a model `ftkit expand` wrote, as its expand.sh does first
     "extras/qoft/llama3_oft_sft_bnb_npu.yaml", "extras/qoft/llama3_oft_sft_awq.yaml",
     "extras/qoft/llama3_oft_sft_gptq.yaml",
+    # the other stages: continued pre-training, reward model, DPO, KTO (TRL's trainers)
+    "train_lora/qwen3_lora_pretrain.yaml", "train_lora/qwen3_lora_reward.yaml", "train_lora/qwen3_lora_dpo.yaml",
+    "train_lora/qwen3_lora_kto.yaml",
 }
+STAGE_EXAMPLES = {"train_lora/qwen3_lora_pretrain.yaml": ("pt", "texts"), "train_lora/qwen3_lora_reward.yaml":
+                  ("rm", "pairs"), "train_lora/qwen3_lora_dpo.yaml": ("dpo", "pairs"),
+                  "train_lora/qwen3_lora_kto.yaml": ("kto", "labelled answers")}
 
 
 def training_examples() -> dict[str, dict]:
@@ -71,8 +77,7 @@ def test_example_configs_run_unchanged_or_are_refused_by_name(capsys):
     assert set(ran) == RUN_UNCHANGED
     for name, problems in refused.items():
         assert not any("unknown key" in p for p in problems), (name, problems)
-        if examples[name]["stage"] != "sft":  # pre-training, reward, DPO, KTO: the stage is named
-            assert any(p.startswith("stage:") for p in problems), (name, problems)
+        assert not any(p.startswith("stage:") for p in problems), (name, problems)  # every stage of theirs reads
 
 
 @pytest.mark.slow
@@ -94,7 +99,8 @@ def test_example_configs_plan_on_llama_factorys_datasets(workdir, monkeypatch):
     expanded = ftkit.expand(str(workdir / "tiny8"), 8, workdir / "tiny8-pro")
     monkeypatch.chdir(root)
     for name in sorted(RUN_UNCHANGED - {"train_full/qwen3_full_sft.yaml", "train_lora/qwen3_lora_sft_ds3.yaml",
-                                        "extras/nlg_eval/llama3_lora_predict.yaml", "train_lora/qwen3_preprocess.yaml"}):
+                                        "extras/nlg_eval/llama3_lora_predict.yaml", "train_lora/qwen3_preprocess.yaml",
+                                        *STAGE_EXAMPLES}):
         raw = read_yaml(root / "examples" / name)
         model = str(expanded) if "llama_pro" in name else "tiny"
         plan = ftkit.plan({**raw, "model_name_or_path": model, "output_dir": str(workdir / name)})
@@ -103,6 +109,27 @@ def test_example_configs_plan_on_llama_factorys_datasets(workdir, monkeypatch):
     with pytest.raises(ConfigError, match="deepspeed: the deepspeed package is not installed"):  # ZeRO-3: GPUs
         ftkit.plan({**read_yaml(root / "examples/train_full/qwen3_full_sft.yaml"), "model_name_or_path": "tiny",
                     "output_dir": str(workdir / "full")})
+
+
+@pytest.mark.slow
+def test_stage_examples_plan_on_llama_factorys_datasets(workdir, monkeypatch):
+    """Its pre-training, reward, DPO and KTO examples plan unchanged (model path aside) on its demo datasets, named
+    as it names them (c4_demo, dpo_en_demo, kto_en_demo): every record read, pairs counted as pairs."""
+    import ftkit
+
+    root = llama_factory()
+    monkeypatch.chdir(root)
+    for name, (stage, unit) in STAGE_EXAMPLES.items():
+        raw = read_yaml(root / "examples" / name)
+        summary = ftkit.plan({**raw, "model_name_or_path": "tiny", "output_dir": str(workdir / name)}).summary()
+        assert (summary["unit"], raw["stage"]) == (unit, stage), name
+        dropped = int(summary["truncated"].split(" dropped")[0].split()[-1]) if "dropped" in (
+            summary["truncated"] or "") else 0
+        if stage == "pt":  # c4_demo's 300 texts, the long ones cut into pieces of cutoff_len tokens, none lost
+            assert summary["examples"] >= 300 and summary["trained_tokens"] == summary["tokens"], summary
+        else:  # dpo_en_demo's 300 pairs, or kto_en_demo's 300 labelled answers, less those whose prompt alone
+            assert summary["examples"] + dropped == 300, (name, summary)  # fills cutoff_len
+        assert summary["examples"] > 250, (name, summary)
 
 
 def test_plot_loss_writes_the_loss_curve(workdir):
