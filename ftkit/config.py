@@ -23,8 +23,9 @@ from ftkit.errors import ConfigError
 RUN_CONFIG = "run.yaml"            # in the output folder: reproduces the run
 ADAPTER_CONFIG = "ftkit_run.yaml"  # beside saved weights: lets merge, chat and export find base and template
 FINETUNING_TYPES = ("lora", "oft", "full", "freeze")
-STAGES = ("pt", "sft", "rm", "dpo", "kto")
+STAGES = ("pt", "sft", "rm", "dpo", "kto", "grpo")
 PREFERENCE_STAGES = ("rm", "dpo", "kto")  # data: pairs (rm, dpo) or answers labelled good or bad (kto)
+TRL_STAGES = (*PREFERENCE_STAGES, "grpo")  # trained by TRL's trainers
 PREF_LOSSES = ("sigmoid", "hinge", "ipo")  # DPO's losses (TRL's DPOTrainer loss_type)
 ADAPTERS = ("lora", "oft")  # methods that train and save a peft adapter beside the frozen base
 MIX_STRATEGIES = ("concat", "interleave_under", "interleave_over")
@@ -86,7 +87,7 @@ class RunConfig:
     stage: str = _f("sft", "What training does: sft (supervised fine-tuning on conversations), pt (continued "
                            "pre-training on raw text: every token trained), dpo (preference pairs, TRL's DPO), kto "
                            "(answers labelled good or bad, TRL's KTO), rm (a reward model: a score head trained on "
-                           "pairs).")
+                           "pairs), grpo (prompts; answers sampled and scored by reward_funcs, TRL's GRPO).")
     pref_beta: float = _f(0.1, "dpo/kto: beta, how strongly the policy is held to the reference model (the base "
                                "before training; with LoRA, the base with the adapter off: no second copy).")
     pref_loss: str = _f("sigmoid", "dpo: the loss, sigmoid (DPO) | hinge (SLiC) | ipo.")
@@ -95,6 +96,15 @@ class RunConfig:
                                          "[0, 0.5).")
     kto_chosen_weight: float = _f(1.0, "kto: weight of the loss on good answers.")
     kto_rejected_weight: float = _f(1.0, "kto: weight of the loss on bad answers.")
+    reward_funcs: list = _f([], "grpo: the reward functions, each 'module:function' or (in a notebook, or from "
+                                "Python) a function: f(prompts, completions, **columns) -> one number per "
+                                "completion. In %%finetune, [{my_reward}] or [my_reward] takes a cell's `def`.")
+    reward_weights: list[float] | None = _f(None, "grpo: weight of each reward function (default: 1 each).")
+    num_generations: int = _f(4, "grpo: answers sampled per prompt and compared with each other; "
+                                 "per_device_train_batch_size x gradient_accumulation_steps must be a multiple.")
+    max_completion_length: int = _f(256, "grpo: the most tokens an answer may have.")
+    beta: float = _f(0.0, "grpo: weight of the KL term to the reference (0: none, no reference forward).")
+    loss_type: str = _f("dapo", "grpo: TRL's GRPO loss, dapo | grpo | dr_grpo | bnpo ...")
     finetuning_type: str = _f("lora", "lora | oft | full | freeze. oft: orthogonal fine-tuning (peft's OFT), an "
                                       "adapter that rotates each weight's input space.")
     adapter_name_or_path: str | None = _f(None, "A LoRA adapter (its folder or its run's) to go on training: its rank, "
@@ -314,9 +324,22 @@ class RunConfig:
             p.append(f"dpo_label_smoothing: must be in [0, 0.5), got {self.dpo_label_smoothing}")
         if self.pref_beta <= 0:
             p.append(f"pref_beta: must be positive, got {self.pref_beta}")
+        if self.stage == "grpo":
+            rollouts = self.per_device_train_batch_size * self.gradient_accumulation_steps
+            p += [m for m in (
+                not self.reward_funcs and "reward_funcs: stage grpo needs at least one reward function "
+                "('module:function', or a function from the notebook)",
+                self.num_generations < 2 and f"num_generations: GRPO compares answers to the same prompt; needs "
+                f"2 or more, got {self.num_generations}",
+                self.num_generations >= 2 and rollouts % self.num_generations and
+                f"per_device_train_batch_size x gradient_accumulation_steps ({rollouts}) must be a multiple of "
+                f"num_generations ({self.num_generations}): each step scores whole groups of answers",
+                self.reward_weights is not None and len(self.reward_weights) != len(self.reward_funcs) and
+                f"reward_weights: {len(self.reward_weights)} weights for {len(self.reward_funcs)} reward functions",
+                self.streaming and "streaming: stage grpo reads its prompts whole; remove streaming") if m]
         if self.stage in PREFERENCE_STAGES and self.streaming:
             p.append(f"streaming: stage {self.stage} reads its (pairwise) data whole; remove streaming")
-        if self.stage in PREFERENCE_STAGES and self.packing:
+        if self.stage in TRL_STAGES and self.packing:
             p.append(f"packing: stage {self.stage} trains on padded pairs and answers (TRL's collators); remove "
                      "packing")
         if self.stage == "rm" and self.finetuning_type == "oft":
@@ -790,6 +813,17 @@ def _coerce(value, hint):
                 return {str(k): v for k, v in value.items()}
             if isinstance(value, str) and all("=" in part for part in value.split(",")):
                 return dict(part.split("=", 1) for part in value.split(","))
+            continue
+        if t is list:  # any items (reward_funcs: names, or shipped functions)
+            if isinstance(value, (list, tuple)):
+                return list(value)
+            if isinstance(value, str):
+                return [value]
+            continue
+        if origin is list and typing.get_args(t) == (float,):
+            if isinstance(value, (list, tuple)) and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                        for v in value):
+                return [float(v) for v in value]
             continue
         if origin is list:
             if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):

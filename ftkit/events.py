@@ -153,13 +153,15 @@ class ConsoleProgress:
 def preflight_text(e: Event) -> str:
     """The short block printed before the first step."""
     trainable, total = e["trainable_params"], e["total_params"]
+    data = (f"  data     {'streaming, the first ' if e.get('sampled') else ''}{e['examples']:,} "
+            f"{e.get('unit', 'examples')} ({e['eval_examples']:,} held out), {e['tokens']:,} tokens "
+            f"(median {e['length_median']}, longest {e['length_max']})")
+    prompts = e.get("unit") == "prompts"  # GRPO: nothing is labelled; its answers are sampled as it trains
+    if not prompts:
+        data += f", {e['trained_tokens']:,} trained ({100 * e['trained_tokens'] / max(e['tokens'], 1):.0f}%)"
     lines = [
-        f"ftkit run -> {e['output_dir']}",
-        f"  data     {'streaming, the first ' if e.get('sampled') else ''}{e['examples']:,} {e.get('unit', 'examples')} "
-        f"({e['eval_examples']:,} held out), {e['tokens']:,} tokens "
-        f"(median {e['length_median']}, longest {e['length_max']}), {e['trained_tokens']:,} trained "
-        f"({100 * e['trained_tokens'] / max(e['tokens'], 1):.0f}%)",
-        f"  labels   end-of-turn token trained: {'yes' if e['eot_trained'] else 'NO'}",
+        f"ftkit run -> {e['output_dir']}", data,
+        *([] if prompts else [f"  labels   end-of-turn token trained: {'yes' if e['eot_trained'] else 'NO'}"]),
         f"  model    {e['model']} on {e['device']}, {e['finetuning']}: {trainable:,} of {total:,} parameters "
         f"train ({100 * trainable / max(total, 1):.2f}%)",
         f"  steps    {e['max_steps']:,} updates of {e['batch_tokens']}",

@@ -16,13 +16,13 @@ from typing import Any
 
 import numpy as np
 
-from ftkit.config import LOW_RANK_NAMES, PREFERENCE_STAGES, RUN_CONFIG, RunConfig
+from ftkit.config import LOW_RANK_NAMES, PREFERENCE_STAGES, RUN_CONFIG, TRL_STAGES, RunConfig
 from ftkit.errors import ConfigError, DataError
 from ftkit.model import quiet
 
 
-UNITS = {"pt": "texts", "dpo": "pairs", "rm": "pairs", "kto": "labelled answers"}  # what stats.examples counts
-STAGE_NAMES = {"pt": "pre-training", "rm": "reward model", "kto": "KTO"}
+UNITS = {"pt": "texts", "dpo": "pairs", "rm": "pairs", "kto": "labelled answers", "grpo": "prompts"}  # what stats.examples counts
+STAGE_NAMES = {"pt": "pre-training", "rm": "reward model", "kto": "KTO"}  # (dpo and grpo: _method_text)
 
 
 @dataclass
@@ -76,6 +76,10 @@ def plan(config) -> Plan:
         from ftkit import preference
 
         prepared = preference.prepare(cfg, tokenizer, template)
+    elif cfg.stage == "grpo":
+        from ftkit import grpo
+
+        prepared = grpo.prepare(cfg, tokenizer, template)
     elif cfg.streaming:
         from ftkit import streaming
 
@@ -92,6 +96,8 @@ def plan(config) -> Plan:
         cfg = dataclasses.replace(cfg, extra={**cfg.extra, "optim_target_modules": M.linear_targets(skeleton)})
     counts = memory.model_counts(skeleton)
     seq_len = min(cfg.cutoff_len, int(stats.lengths.max()))
+    if cfg.stage == "grpo":  # a prompt and its sampled answer
+        seq_len = int(stats.lengths.max()) + cfg.max_completion_length
     rows_per_example = 2 if cfg.stage in ("dpo", "rm") else 1  # a pair is two sequences in the batch
 
     def size(c: RunConfig):
@@ -126,9 +132,9 @@ def load_config(source, overrides=None) -> RunConfig:
     """A RunConfig from a config, dict or YAML path (plus overrides), with every problem in one error: the keys'
     and, for the keys that were fine, the files' (model folder, datasets, template, DeepSpeed file, output)."""
     if isinstance(source, RunConfig) and not overrides:
-        return source
+        return _with_shipped_rewards(source)
     try:
-        return RunConfig.from_any(source, overrides)
+        return _with_shipped_rewards(RunConfig.from_any(source, overrides))
     except ConfigError as e:
         partial = getattr(e, "partial", None)
         if partial is None:
@@ -139,6 +145,16 @@ def load_config(source, overrides=None) -> RunConfig:
             problems = list(dict.fromkeys(e.problems + files.problems))
             raise ConfigError(problems, title="invalid run config") from None
         raise
+
+
+def _with_shipped_rewards(cfg: RunConfig) -> RunConfig:
+    """GRPO's reward functions given as objects, as their source (ftkit.rewards): the config stays plain data, saved
+    with the run and sent to a training process as it is."""
+    if not any(callable(f) for f in cfg.reward_funcs):
+        return cfg
+    from ftkit.rewards import shipped
+
+    return dataclasses.replace(cfg, reward_funcs=shipped(cfg.reward_funcs))
 
 
 def torch_cuda() -> bool:
@@ -180,7 +196,7 @@ def check_run(cfg: RunConfig) -> None:
         problems.append("use_liger_kernel: Liger's kernels are Triton kernels for CUDA GPUs (pip install "
                         "liger-kernel there); without them the run computes the same, only slower: remove it "
                         "on this machine")
-    if cfg.stage in PREFERENCE_STAGES and importlib.util.find_spec("trl") is None:
+    if cfg.stage in TRL_STAGES and importlib.util.find_spec("trl") is None:
         problems.append(f"stage: {cfg.stage} trains with TRL's trainers, not installed here: pip install "
                         "'ftkit[trl]' (or pip install trl)")
     low_rank = cfg.low_rank_optimizer
@@ -277,6 +293,12 @@ def training_arguments(cfg: RunConfig, max_steps: int, evaluate: bool):
         from ftkit.preference import args_class, stage_arguments
 
         cls, kwargs = args_class(cfg.stage), {**kwargs, **stage_arguments(cfg)}
+    elif cfg.stage == "grpo":
+        from trl import GRPOConfig
+
+        from ftkit.grpo import stage_arguments
+
+        cls, kwargs = GRPOConfig, {**kwargs, **stage_arguments(cfg)}
     try:
         return cls(**{**kwargs, **cfg.extra})
     except (ValueError, TypeError) as e:
@@ -332,6 +354,11 @@ def _method_text(cfg: RunConfig) -> str:
     if cfg.stage == "dpo":
         ftx = f" + {cfg.pref_ftx:g} x SFT" if cfg.pref_ftx else ""
         text = f"DPO ({cfg.pref_loss}{ftx}, beta {cfg.pref_beta:g}), " + text
+    elif cfg.stage == "grpo":
+        from ftkit.rewards import name_of
+
+        text = (f"GRPO ({cfg.num_generations} answers a prompt, rewards "
+                f"{', '.join(name_of(f) for f in cfg.reward_funcs)}), " + text)
     elif cfg.stage != "sft":
         text = f"{STAGE_NAMES[cfg.stage]}, " + text
     if cfg.low_rank_optimizer:

@@ -16,7 +16,7 @@ from typing import Any
 
 from transformers import Trainer, TrainerCallback  # ftkit.training is the engine: importing it loads transformers
 
-from ftkit.config import ADAPTER_CONFIG, PREFERENCE_STAGES, RUN_CONFIG, RunConfig
+from ftkit.config import ADAPTER_CONFIG, PREFERENCE_STAGES, RUN_CONFIG, TRL_STAGES, RunConfig
 from ftkit.errors import ConfigError, RunError
 from ftkit.events import ConsoleProgress, Emitter, JsonlLog, LossPlot, RunMetrics
 from ftkit.folders import partial_dir, replace_dir, trained_dir
@@ -85,8 +85,7 @@ def _train(cfg: RunConfig, callbacks, console: bool, should_stop) -> Run:
 
     set_seed(cfg.seed)  # LoRA's initial weights come from the global RNG: seed before adapting
     model = M.load_model(cfg, p.model_path)
-    preference = cfg.stage in PREFERENCE_STAGES  # TRL's collators pad pairs and labelled answers
-    packed = cfg.packing is not False and not preference and M.packing_isolates(model)
+    packed = cfg.packing is not False and cfg.stage not in TRL_STAGES and M.packing_isolates(model)  # TRL pads
     if cfg.packing and not packed:
         raise ConfigError(f"packing: {M.model_type(p.model_path)} models ignore position_ids when building their "
                           "attention mask, so packed examples would attend to each other; set packing: false")
@@ -197,6 +196,12 @@ def _trainer(model, tokenizer, p: Plan, emit, run, packed: bool, should_stop=Non
 
         bridge = EventBridge(emit, run, should_stop, previewer, preference.METRICS[p.config.stage])
         trainer = preference.make_trainer(model, tokenizer, p, [bridge], FtkitTrainerMixin)
+    elif p.config.stage == "grpo":
+        from ftkit import grpo
+
+        bridge = EventBridge(emit, run, should_stop, previewer, grpo.metric_names(p.config))
+        trainer = grpo.make_trainer(model, tokenizer, p, [bridge], FtkitTrainerMixin)
+    if p.config.stage in TRL_STAGES:
         trainer.ftkit_config = p.config
         for cb in (PrinterCallback, ProgressCallback):
             trainer.remove_callback(cb)

@@ -37,6 +37,18 @@ EXAMPLES = {
          "num_train_epochs": 3.0, "lr_scheduler_type": "cosine", "warmup_ratio": 0.1, "bf16": True,
          "flash_attn": "auto", "gradient_checkpointing": True, "logging_steps": 10, "save_steps": 500,
          "val_size": 0.1, "report_to": "tensorboard", "output_dir": "outputs/llama3-8b-lora"}),
+    "dpo.yaml": ("DPO on the bundled preference pairs (chosen and rejected answers), LoRA; the reference is the base "
+                 "with the adapter off: ftkit train examples/dpo.yaml",
+                 {**TINY, "dataset": "demo_dpo", "stage": "dpo", "pref_beta": 0.1, "pref_loss": "sigmoid",
+                  "finetuning_type": "lora", "lora_target": "all", "lora_rank": 16, "learning_rate": 5.0e-4,
+                  **RUN, "output_dir": "outputs/tiny-dpo"}),
+    "grpo.yaml": ("GRPO: answers sampled for each prompt, scored by reward functions ('module:function'; in a "
+                  "notebook, a cell's def): ftkit train examples/grpo.yaml",
+                  {**TINY, "stage": "grpo", "reward_funcs": ["ftkit.rewards:same_language", "ftkit.rewards:concise"],
+                   "reward_weights": [1.0, 0.2], "num_generations": 4, "max_completion_length": 64,
+                   "finetuning_type": "lora", "lora_target": "all", "lora_rank": 16, "learning_rate": 5.0e-4,
+                   "per_device_train_batch_size": 8, "max_steps": 50, "logging_steps": 5,
+                   "output_dir": "outputs/tiny-grpo"}),
 }
 
 # several GPUs: `ftkit train CONFIG --nproc N` (accelerate launch); DeepSpeed ZeRO and FSDP through the Trainer

@@ -21,7 +21,8 @@ PLACEHOLDER = re.compile(r"(?<!\{)\{([A-Za-z_][A-Za-z0-9_]*)\}(?!\})")
 
 
 def fill(cell: str, namespace: dict) -> str:
-    """Replace `{name}` with the value of the notebook variable `name` (only names: nothing is evaluated)."""
+    """Replace `{name}` with the value of the notebook variable `name` (only names: nothing is evaluated); a
+    function (a GRPO reward) becomes its shipped source (ftkit.rewards)."""
     def value(m):
         if m.group(1) not in namespace:
             raise UsageError(f"%%finetune: {{{m.group(1)}}} names no notebook variable; define it, "
@@ -29,9 +30,25 @@ def fill(cell: str, namespace: dict) -> str:
         v = namespace[m.group(1)]
         if isinstance(v, str):
             return v
+        if callable(v):
+            from ftkit.rewards import ship
+
+            return json.dumps(ship(v))
         return json.dumps(v) if isinstance(v, (list, dict, bool)) else str(v)  # YAML reads JSON values
 
     return PLACEHOLDER.sub(value, cell).replace("{{", "{").replace("}}", "}")
+
+
+def with_named_rewards(raw: dict, namespace: dict) -> dict:
+    """reward_funcs given by a bare name (`[format_reward]`): the notebook's function of that name, shipped."""
+    funcs = raw.get("reward_funcs") if isinstance(raw, dict) else None
+    if not isinstance(funcs, list):
+        return raw
+    from ftkit.rewards import ship
+
+    named = [ship(namespace[f]) if isinstance(f, str) and ":" not in f and callable(namespace.get(f)) else f
+             for f in funcs]
+    return {**raw, "reward_funcs": named}
 
 
 @contextlib.contextmanager
@@ -68,7 +85,8 @@ class FtkitMagics(Magics):
         with people_errors(args.debug):
             from ftkit.planning import load_config
 
-            cfg = load_config(parse_yaml(fill(cell, self.shell.user_ns), where="%%finetune cell") or {})
+            raw = parse_yaml(fill(cell, self.shell.user_ns), where="%%finetune cell") or {}
+            cfg = load_config(with_named_rewards(raw, self.shell.user_ns))
             from ftkit.notebook.live import dry_run_text, run_with_panel
 
             if args.dry_run:

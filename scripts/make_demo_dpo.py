@@ -1,6 +1,6 @@
 """Writes demo_dpo_zh_en.json: preference pairs made from the SFT demo set (demo_zh_en.json).
 
-    python data/demo_dpo.py
+    python scripts/make_demo_dpo.py
 
 Each pair keeps a demo conversation up to its last answer; the chosen answer is the demo's own (the assistant's
 voice), the rejected one is plausible but wrong or off-task, by the kind of question:
@@ -14,7 +14,7 @@ import json
 import re
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parent.parent / "data"
 SUM = re.compile(r"^What is (\d+) ([+-]) (\d+)\?$")
 SUM_ZH = re.compile(r"^(\d+) (加|减) (\d+) 等于多少？$")
 CONCEPT = re.compile(r"^(What is |什么是)")
