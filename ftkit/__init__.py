@@ -95,6 +95,13 @@ def preview(dataset, template: str = "auto", model: str = "tiny", n: int = 3, **
     return _preview(dataset, template=template, model=model, n=n, **config)
 
 
+def score(model, prompt, answer: str, adapter=None) -> float:
+    """A reward model's score (a stage rm run, its adapter or merged folder) of `answer` to `prompt`."""
+    from ftkit.generation import score as _score
+
+    return _score(model, prompt, answer, adapter=adapter)
+
+
 def compare(prompts, runs=("tiny",), max_new_tokens: int = 64, **sampling):
     """Answers of several models or runs to the same prompts, side by side (a table in a notebook)."""
     from ftkit.notebook.views import compare as _compare
@@ -123,5 +130,6 @@ def unload_ipython_extension(ip) -> None:
 
 
 __all__ = ["RunConfig", "ConfigError", "DataError", "FtkitError", "ModelError",
-           "train", "launch", "plan", "merge", "expand", "generate", "convert", "render", "preview", "compare", "panel", "runs",
+           "train", "launch", "plan", "merge", "expand", "generate", "score", "convert", "render", "preview", "compare",
+           "panel", "runs",
            "__version__"]

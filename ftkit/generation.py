@@ -70,6 +70,9 @@ def load(model: str, adapter: str | None = None, template: str | None = None):
 
     path = M.resolve(model, key="model")
     run_cfg = _run_config(adapter, path)
+    if run_cfg and run_cfg.stage == "rm":
+        raise ModelError(f"{adapter or model} is a reward model (stage rm): it scores answers, it does not write; "
+                         "ftkit.score(model, prompt, answer) gives its reward")
     tokenizer, tmpl = _tokenizer_and_template(path, adapter, template, run_cfg)
     if is_onnx_folder(path):
         if adapter:
@@ -97,6 +100,38 @@ def load(model: str, adapter: str | None = None, template: str | None = None):
     net.to(dev).eval()
     _CACHE[key] = (net, tokenizer, tmpl)
     return _CACHE[key]
+
+
+@quiet()
+def score(model, prompt, answer: str, adapter=None, template=None) -> float:
+    """A reward model's (stage rm's) score of `answer` to `prompt` (a string, or the messages before the answer):
+    the conversation rendered by the run's template, scored at its last token."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from ftkit import model as M
+
+    model, adapter = where(model, adapter)
+    path = M.resolve(model, key="model")
+    run_cfg = _run_config(adapter, path)
+    tokenizer, tmpl = _tokenizer_and_template(path, adapter, template, run_cfg)
+    if adapter:
+        if not (run_cfg and run_cfg.stage == "rm"):
+            raise ModelError(f"{adapter}: not a reward model's adapter (stage rm); score needs one")
+        net = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, **M.safe_weights(path))
+        from peft import PeftModel
+
+        net = PeftModel.from_pretrained(net, adapter)
+    else:
+        net = AutoModelForSequenceClassification.from_pretrained(path, **M.safe_weights(path))
+        if net.config.num_labels != 1:
+            raise ModelError(f"{model}: not a reward model (it has {net.config.num_labels} outputs, not 1)")
+    net.config.pad_token_id = tokenizer.pad_token_id
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+    text = tmpl.render(messages + [{"role": "assistant", "content": answer}]).text
+    ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")
+    with torch.no_grad():
+        return float(net.eval()(**ids).logits[0, 0])
 
 
 def where(model, adapter=None) -> tuple[str, str | None]:

@@ -54,11 +54,15 @@ def merge(adapter_dir: str | Path | list | None, out: str | Path | None = None, 
     tokenizer = M.load_tokenizer(str(adapter))  # the adapter folder carries the run's tokenizer + template
     template = templates.get_template(template or (cfg.template if cfg else "auto"), tokenizer,
                                       M.model_type(base_path), cfg.enable_thinking if cfg else None)
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-    base = AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype,
-                                                trust_remote_code=bool(cfg and cfg.trust_remote_code),
-                                                **M.safe_weights(base_path, bool(cfg and cfg.allow_pickle)))
+    reward = cfg is not None and cfg.stage == "rm"  # a reward model: the body and its score head
+    auto = AutoModelForSequenceClassification if reward else AutoModelForCausalLM
+    base = auto.from_pretrained(base_path, dtype=dtype, trust_remote_code=bool(cfg and cfg.trust_remote_code),
+                                **({"num_labels": 1} if reward else {}),
+                                **M.safe_weights(base_path, bool(cfg and cfg.allow_pickle)))
+    if reward:
+        base.config.pad_token_id = tokenizer.pad_token_id
     M.match_vocab(base, tokenizer)  # the run may have added tokens
     dev = M.device()
     merged, diffs = base.to(dev), []
@@ -70,8 +74,9 @@ def merge(adapter_dir: str | Path | list | None, out: str | Path | None = None, 
             before = model(**probe).logits.float()
             merged = model.merge_and_unload()
             after = merged(**probe).logits.float()
-        diff = (before - after).abs()[mask].max().item()
-        scale = before[mask].abs().max().item()
+        where = mask if before.dim() == 3 else slice(None)  # a reward model gives one score a sequence
+        diff = (before - after).abs()[where].max().item()
+        scale = before[where].abs().max().item()
         if not diff <= tolerance * max(1.0, scale):
             raise ModelError(f"merge check failed for {one}: merged logits differ from the adapter model's by "
                              f"{diff:.3g} (allowed {tolerance * max(1.0, scale):.3g}); nothing was written")

@@ -57,7 +57,7 @@ CASES = {
     "4-bit full tuning": ({}, {"quantization_bit": 4, "finetuning_type": "full"},
                           r"QLoRA needs finetuning_type: lora"),
     "unknown method": ({}, {"finetuning_type": "qlora"}, r"finetuning_type"),
-    "unsupported stage": ({}, {"stage": "dpo"}, r"stage.*dpo.*not supported"),
+    "unsupported stage": ({}, {"stage": "ppo"}, r"stage: 'ppo' is not one of pt, sft, rm, dpo, kto, grpo"),
     "val_size too big": ({}, {"val_size": 1.5}, r"val_size: 1\.5"),
     "unknown attention": ({}, {"flash_attn": "fa3"}, r"flash_attn: 'fa3' is not one of"),
     "TrainingArguments refuses": ({}, {"optim": "adamw_fake"}, r"TrainingArguments refused the config.*adamw_fake"),

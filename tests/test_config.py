@@ -68,13 +68,13 @@ def test_every_problem_reported_at_once_with_suggestions():
     with pytest.raises(ConfigError) as e:
         RunConfig.from_dict({"dataset": "demo", "lerning_rate": 1e-4, "per_device_train_batch_size": "big",
                              "quantization_bit": 4, "finetuning_type": "full", "learning_rate": -1,
-                             "stage": "rm"})
+                             "stage": "ppo"})
     text = str(e.value)
     assert "lerning_rate: unknown key; did you mean learning_rate?" in text
     assert "per_device_train_batch_size: expected int, got 'big'" in text
     assert "QLoRA needs finetuning_type: lora" in text
     assert "learning_rate: must be positive" in text
-    assert "stage: 'rm' is not supported" in text
+    assert "stage: 'ppo' is not one of pt, sft, rm, dpo, kto, grpo (PPO: ftkit does not train with PPO" in text
     assert len(e.value.problems) == 5
 
 

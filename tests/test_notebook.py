@@ -94,6 +94,37 @@ def test_finetune_default_runs_in_a_child_and_binds_the_run(ip):
     assert "step 6/6" in cap.stdout and "sample at step 0" in cap.stdout  # the text panel of a terminal shell
 
 
+REWARD = "import math\n\ndef short(completions, **kwargs):\n    return [-math.log1p(len(c)) for c in completions]\n"
+
+
+def grpo_cell(out, rewards: str) -> str:
+    return cell(out, stage="grpo", dataset="demo", num_generations=2, max_completion_length=12,
+                per_device_train_batch_size=4, max_steps=2) + f"reward_funcs: {rewards}\n"
+
+
+def test_a_reward_function_from_a_cell_goes_into_the_config(ip):
+    """`{short}` (a placeholder) and `short` (a bare name) both take the cell's function, shipped by source."""
+    ip.run_cell(REWARD)
+    with capture_output() as cap:
+        run_cell(ip, "finetune --dry-run", grpo_cell("out/g1", "[{short}]"))
+    assert "GRPO (2 answers a prompt, rewards short)" in cap.stdout
+    from ftkit.notebook.magics import with_named_rewards
+
+    named = with_named_rewards({"reward_funcs": ["short", "ftkit.rewards:concise"]}, ip.user_ns)["reward_funcs"]
+    assert named[0]["function"] == "short" and "math.log1p" in named[0]["source"] and named[1] == \
+        "ftkit.rewards:concise"
+
+
+@pytest.mark.slow
+def test_grpo_with_a_cells_reward_trains_in_the_child(ip):
+    ip.run_cell(REWARD)
+    with capture_output():
+        run = run_cell(ip, "finetune --name g", grpo_cell("out/g2", "[short]"))
+    assert type(run).__name__ == "LaunchedRun"
+    steps = [e for e in run.metrics if e["kind"] == "step"]
+    assert len(steps) == 2 and "reward_short" in steps[-1]["metrics"]
+
+
 def test_dry_run_checks_and_shows_the_plan_without_weights(ip, workdir):
     with capture_output() as cap:
         run_cell(ip, "finetune --dry-run", cell("out/dry"))

@@ -173,6 +173,14 @@ def test_reward_model_ranks_held_out_pairs_above_chance(workdir):
     assert reward_head(run.model.get_base_model()) is not None
     saved = json.loads((run.adapter_dir / "adapter_config.json").read_text())
     assert saved["task_type"] == "SEQ_CLS" and "score" in saved["modules_to_save"]
+    # it scores (the adapter, and the merged model alike), and refuses to write
+    question, good, bad = "What is 48 + 8?", "48 + 8 = 56.", "48 + 8 = 57."
+    scores = ftkit.score(run.output_dir, question, good), ftkit.score(run.output_dir, question, bad)
+    merged = ftkit.merge(run.output_dir, console=False)
+    assert ftkit.score(merged, question, good) == pytest.approx(scores[0], abs=1e-4)
+    assert scores[0] != scores[1]
+    with pytest.raises(ftkit.ModelError, match="is a reward model \\(stage rm\\): it scores answers"):
+        ftkit.generate(run.output_dir, question)
 
 
 @pytest.mark.slow
@@ -204,3 +212,83 @@ def test_dpo_stops_and_resumes_exactly(workdir):
                                        save_steps=2, resume_from_checkpoint=True), console=False)
     assert [s for s, _ in resumed.losses] == [3, 4]
     assert [loss for _, loss in resumed.losses] == pytest.approx([loss for _, loss in whole.losses[-2:]], rel=1e-4)
+
+
+# ---- GRPO and its reward functions -------------------------------------------------------------------------------
+
+def cell(source: str) -> dict:
+    """Run source as a notebook cell does: in __main__'s namespace, its text in linecache (where inspect finds
+    it, as IPython registers each cell)."""
+    import linecache
+
+    filename = f"<ipython-input-{abs(hash(source))}>"
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    namespace = {"__name__": "__main__"}
+    exec(compile(source, filename, "exec"), namespace)
+    return namespace
+
+
+REWARD_CELL = """
+import math
+WORDS = ["LoRA", "QLoRA"]
+
+def _mentions(text):
+    return sum(word in text for word in WORDS)
+
+def mentions_lora(completions, **kwargs):
+    return [math.tanh(_mentions(c)) for c in completions]
+"""
+
+
+def test_reward_functions_ship_by_source_and_come_back():
+    """A cell's reward function travels with the modules it uses, the JSON values it reads and the functions it
+    calls, and computes the same in a process that never ran the cell."""
+    from ftkit.rewards import load, ship
+
+    fn = cell(REWARD_CELL)["mentions_lora"]
+    shipped = ship(fn)
+    assert shipped["imports"] == {"math": "math"} and shipped["helpers"][0]["function"] == "_mentions"
+    assert shipped["helpers"][0]["constants"] == {"WORDS": ["LoRA", "QLoRA"]}
+    again = load(json.loads(json.dumps(shipped)))  # as a child process gets it
+    assert again(["LoRA and QLoRA", "nothing"]) == fn(["LoRA and QLoRA", "nothing"]) != [0.0, 0.0]
+    assert load("ftkit.rewards:concise")(["abc"]) == [-0.03]
+
+
+def test_reward_functions_that_cannot_travel_are_refused_with_advice():
+    from ftkit.rewards import ship
+
+    with pytest.raises(ConfigError, match="a lambda cannot be sent .* write it as a `def`"):
+        ship(cell("f = lambda completions, **kw: [0.0] * len(completions)")["f"])
+    closure = cell("def outer(limit):\n    def short(completions, **kw):\n        return [float(len(c) < limit) "
+                   "for c in completions]\n    return short\nf = outer(10)")["f"]
+    with pytest.raises(ConfigError, match="short is defined inside another function and uses its limit"):
+        ship(closure)
+    pattern = cell("import re\nWORD = re.compile('LoRA')\ndef has(completions, **kw):\n"
+                   "    return [float(bool(WORD.search(c))) for c in completions]")["has"]
+    with pytest.raises(ConfigError, match="uses WORD \\(a Pattern\\) from the notebook"):
+        ship(pattern)
+
+
+def test_grpo_config_checks():
+    with pytest.raises(ConfigError) as e:
+        ftkit.plan(base_config("out", stage="grpo", per_device_train_batch_size=6, num_generations=4))
+    text = str(e.value)
+    assert "reward_funcs: stage grpo needs at least one reward function" in text
+    assert "per_device_train_batch_size x gradient_accumulation_steps (6) must be a multiple of num_generations (4)" \
+        in text
+
+
+@pytest.mark.slow
+def test_grpo_raises_the_mean_reward_on_a_learnable_reward(workdir):
+    """Ten steps of 4 answers per prompt on tiny (the issue's budget: under 3 minutes on 2 cores), rewarded for
+    answering in the question's language: the mean reward of the last steps above the first ones'."""
+    run = ftkit.train(base_config(workdir / "grpo", stage="grpo", dataset="demo",
+                                  reward_funcs=["ftkit.rewards:same_language", "ftkit.rewards:concise"],
+                                  reward_weights=[1.0, 0.2], num_generations=4, max_completion_length=48,
+                                  per_device_train_batch_size=8, max_steps=10, learning_rate=5e-4, lora_rank=16),
+                      console=False)
+    rewards = [e["metrics"]["reward_mean"] for e in run.metrics if e["kind"] == "step"]
+    assert len(rewards) == 10 and sum(rewards[-3:]) / 3 > sum(rewards[:3]) / 3 + 0.05, rewards
+    step = [e for e in run.metrics if e["kind"] == "step"][-1]["metrics"]
+    assert {"reward_same_language", "reward_concise", "reward_std", "completion_length"} <= set(step)
+    assert run.metrics[-1]["runtime_s"] < 180
