@@ -379,7 +379,7 @@ def read_records(path: Path) -> list:
         if not isinstance(data, list):
             raise DataError(f"{path}: expected a JSON list of records, got {type(data).__name__}")
         return data
-    raise DataError(f"{path}: unsupported file type {suffix or '(none)'}; use .json, .jsonl, .csv or .parquet")
+    raise DataError(f"{path}: unsupported file type {suffix or '(none)'}; use .json, .jsonl, .csv, .parquet or .txt")
 
 
 def load_conversations(path: Path, formatting: str = "auto", columns: dict | None = None, tags: dict | None = None,
@@ -477,6 +477,9 @@ def unsupported_kind(rec) -> str | None:
     Recognised, so they are refused by name instead of misread."""
     if not isinstance(rec, dict):
         return None
+    if set(rec) == {"text"}:
+        return ("raw text (a text column, or a .txt file's lines) is for continued pre-training: set stage: pt; "
+                "stage sft trains on conversations")
     media = [k for k in ("images", "videos", "audios") if rec.get(k)]
     if media:
         return (f"the records hold {' and '.join(media)}: vision and audio fine-tuning is not supported yet; "

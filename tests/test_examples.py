@@ -22,7 +22,7 @@ def test_examples_are_up_to_date():
 @pytest.mark.parametrize("name", TRAIN_EXAMPLES)
 def test_example_configs_validate(name):
     cfg = RunConfig.from_any(REPO / "examples" / name)
-    assert cfg.dataset == "demo"
+    assert cfg.dataset == ("demo_dpo" if cfg.stage == "dpo" else "demo")
 
 
 @pytest.mark.slow
