@@ -46,7 +46,6 @@ def model_folder() -> Path:
     folder = WORK / "qwen2-tiny"
     if (folder / "model.safetensors").exists():
         return folder
-    import torch
     from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 
     from real import real_tokenizer
@@ -56,11 +55,18 @@ def model_folder() -> Path:
                          num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=4096,
                          tie_word_embeddings=True, eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"),
                          pad_token_id=tok.convert_tokens_to_ids("<|endoftext|>"))
+    return save_random(Qwen2ForCausalLM, config, tok, folder)
+
+
+def save_random(cls, config, tokenizer, folder: Path) -> Path:
+    """A randomly initialised model (seed 0) of `cls` and the tokenizer, written whole or not at all."""
+    import torch
+
     torch.manual_seed(0)
     partial = folder.with_name(folder.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
-    Qwen2ForCausalLM(config).save_pretrained(partial)
-    tok.save_pretrained(partial)
+    cls(config).save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
     shutil.rmtree(folder, ignore_errors=True)
     partial.rename(folder)
     return folder

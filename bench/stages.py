@@ -29,23 +29,16 @@ def model_folder() -> Path:
     folder = WORK / "llama-110m"
     if (folder / "model.safetensors").exists():
         return folder
-    import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
+    from data_scale import save_random
     from ftkit.tiny import path as tiny
 
     tok = AutoTokenizer.from_pretrained(tiny())
     config = LlamaConfig(vocab_size=len(tok), hidden_size=768, intermediate_size=2048, num_hidden_layers=12,
                          num_attention_heads=12, num_key_value_heads=12, max_position_embeddings=1024,
                          bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    torch.manual_seed(0)
-    partial = folder.with_name(folder.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    LlamaForCausalLM(config).save_pretrained(partial)
-    tok.save_pretrained(partial)
-    shutil.rmtree(folder, ignore_errors=True)
-    partial.rename(folder)
-    return folder
+    return save_random(LlamaForCausalLM, config, tok, folder)
 
 
 RUN = """

@@ -19,7 +19,7 @@ from ftkit.data import (MAX_LISTED, SHAREGPT_ROLES, Prepared, Source, _apply_tag
                         _rename_columns, _role_content, _with_system, check_messages, encode_rows, from_alpaca,
                         iter_records, preprocessing_workers, resolve_datasets)
 from ftkit.errors import DataError
-from ftkit.rows import CUT_ANSWER, CUT_TURNS, DROPPED, Stats
+from ftkit.rows import CUT_ANSWER, CUT_TURNS, DROPPED
 
 # TRL's logged metrics -> the names ftkit's events and panel use, per stage
 METRICS = {
