@@ -26,7 +26,7 @@ FINETUNING_TYPES = ("lora", "oft", "full", "freeze")
 STAGES = ("pt", "sft", "rm", "dpo", "kto", "grpo")
 PREFERENCE_STAGES = ("rm", "dpo", "kto")  # data: pairs (rm, dpo) or answers labelled good or bad (kto)
 TRL_STAGES = (*PREFERENCE_STAGES, "grpo")  # trained by TRL's trainers
-PREF_LOSSES = ("sigmoid", "hinge", "ipo")  # DPO's losses (TRL's DPOTrainer loss_type)
+PREF_LOSSES = ("sigmoid", "hinge", "ipo", "orpo", "simpo")  # DPO's (TRL's DPOTrainer), ORPO's, SimPO's (CPOTrainer)
 ADAPTERS = ("lora", "oft")  # methods that train and save a peft adapter beside the frozen base
 MIX_STRATEGIES = ("concat", "interleave_under", "interleave_over")
 FLASH_ATTN = ("auto", "fa2", "sdpa", "eager")
@@ -90,8 +90,11 @@ class RunConfig:
                            "pairs), grpo (prompts; answers sampled and scored by reward_funcs, TRL's GRPO).")
     pref_beta: float = _f(0.1, "dpo/kto: beta, how strongly the policy is held to the reference model (the base "
                                "before training; with LoRA, the base with the adapter off: no second copy).")
-    pref_loss: str = _f("sigmoid", "dpo: the loss, sigmoid (DPO) | hinge (SLiC) | ipo.")
-    pref_ftx: float = _f(0.0, "dpo: weight of a supervised loss on the chosen answers, added to the DPO loss.")
+    pref_loss: str = _f("sigmoid", "dpo: the loss, sigmoid (DPO) | hinge (SLiC) | ipo | orpo | simpo (ORPO and "
+                                   "SimPO need no reference model; pref_beta is ORPO's lambda).")
+    pref_ftx: float = _f(0.0, "dpo: weight of a supervised loss on the chosen answers, added to the DPO or SimPO "
+                              "loss (ORPO has its own).")
+    simpo_gamma: float = _f(0.5, "dpo with pref_loss simpo: the target reward margin gamma.")
     dpo_label_smoothing: float = _f(0.0, "dpo (sigmoid): the chance a pair's labels are flipped (robust DPO), in "
                                          "[0, 0.5).")
     kto_chosen_weight: float = _f(1.0, "kto: weight of the loss on good answers.")
@@ -317,9 +320,7 @@ class RunConfig:
                 if self.stage == "ppo" else ""
             p.append(f"stage: {self.stage!r} is not one of {', '.join(STAGES)}{hint}")
         if self.pref_loss not in PREF_LOSSES:
-            other = {"orpo": "ORPO", "simpo": "SimPO"}.get(self.pref_loss)
-            p.append(f"pref_loss: {self.pref_loss!r} is not one of {', '.join(PREF_LOSSES)}"
-                     + (f" ({other} is not supported yet)" if other else ""))
+            p.append(f"pref_loss: {self.pref_loss!r} is not one of {', '.join(PREF_LOSSES)}")
         if not 0 <= self.dpo_label_smoothing < 0.5:
             p.append(f"dpo_label_smoothing: must be in [0, 0.5), got {self.dpo_label_smoothing}")
         if self.pref_beta <= 0:
@@ -505,8 +506,8 @@ LF_REFUSED = {
              "badam_mask_mode badam_verbose", "BAdam"),
     **_group("use_adam_mini", "Adam-mini"),
     **_group("use_dft_loss use_asft_loss asft_alpha use_eaft_loss eaft_alpha", "the DFT/ASFT/EAFT losses"),
-    **_group("pref_bco_weight simpo_gamma ld_alpha", "BCO, SimPO and LD-DPO (stage dpo with pref_loss sigmoid, "
-             "hinge or ipo works)"),
+    **_group("pref_bco_weight ld_alpha", "BCO and LD-DPO (stage dpo with pref_loss sigmoid, hinge, ipo, orpo or "
+             "simpo works)"),
     **_group("ref_model ref_model_adapters ref_model_quantization_bit", "a separate reference model (the "
              "reference is the model before training: with LoRA, the base with the adapter off)"),
     **_group("ppo_buffer_size ppo_epochs ppo_score_norm ppo_target ppo_whiten_rewards reward_model "

@@ -292,7 +292,7 @@ def training_arguments(cfg: RunConfig, max_steps: int, evaluate: bool):
     if cfg.stage in PREFERENCE_STAGES:
         from ftkit.preference import args_class, stage_arguments
 
-        cls, kwargs = args_class(cfg.stage), {**kwargs, **stage_arguments(cfg)}
+        cls, kwargs = args_class(cfg), {**kwargs, **stage_arguments(cfg)}
     elif cfg.stage == "grpo":
         from trl import GRPOConfig
 
@@ -352,8 +352,10 @@ def _method_text(cfg: RunConfig) -> str:
     else:
         text = "full fine-tuning"
     if cfg.stage == "dpo":
-        ftx = f" + {cfg.pref_ftx:g} x SFT" if cfg.pref_ftx else ""
-        text = f"DPO ({cfg.pref_loss}{ftx}, beta {cfg.pref_beta:g}), " + text
+        ftx = f" + {cfg.pref_ftx:g} x SFT" if cfg.pref_ftx and cfg.pref_loss != "orpo" else ""
+        name = {"orpo": "ORPO", "simpo": f"SimPO (gamma {cfg.simpo_gamma:g}"}.get(cfg.pref_loss, f"DPO ({cfg.pref_loss}")
+        text = (f"{name}{ftx}, beta {cfg.pref_beta:g}), " if cfg.pref_loss != "orpo" else
+                f"ORPO (lambda {cfg.pref_beta:g}), ") + text
     elif cfg.stage == "grpo":
         from ftkit.rewards import name_of
 

@@ -24,7 +24,8 @@ from ftkit.rows import CUT_ANSWER, CUT_TURNS, DROPPED
 # TRL's logged metrics -> the names ftkit's events and panel use, per stage
 METRICS = {
     "dpo": {"rewards/margins": "reward_margin", "rewards/accuracies": "reward_accuracy",
-            "rewards/chosen": "chosen_reward", "rewards/rejected": "rejected_reward"},
+            "rewards/chosen": "chosen_reward", "rewards/rejected": "rejected_reward",
+            "log_odds_ratio": "log_odds_ratio", "nll_loss": "nll_loss"},  # (the last two: ORPO's)
     "kto": {"kl": "kl", "rewards/chosen": "chosen_reward", "rewards/rejected": "rejected_reward",
             "rewards/margins": "reward_margin"},
     "rm": {"accuracy": "reward_accuracy", "margin": "reward_margin"},
@@ -166,9 +167,28 @@ class Counts:
     dropped: int = 0    # no answer token fits in cutoff_len
 
 
+def trainer_kind(cfg) -> str:
+    """Which TRL trainer a run needs: dpo, orpo, cpo (SimPO), kto or rm."""
+    if cfg.stage == "dpo":
+        return {"orpo": "orpo", "simpo": "cpo"}.get(cfg.pref_loss, "dpo")
+    return cfg.stage
+
+
+def _paired_row(prompt: list[int], chosen: list[int], rejected: list[int]) -> dict:
+    """ORPO's and CPO's layout (TRL's older one): prompt, and each answer whole with its labels."""
+    row = {"prompt_input_ids": prompt, "prompt_attention_mask": [1] * len(prompt)}
+    for side, answer in (("chosen", chosen), ("rejected", rejected)):
+        row[f"{side}_input_ids"] = prompt + answer
+        row[f"{side}_attention_mask"] = [1] * (len(prompt) + len(answer))
+        row[f"{side}_labels"] = [-100] * len(prompt) + answer
+    return row
+
+
 def tokenize(examples: list[tuple], stage: str, cfg, tokenizer, template) -> tuple[dict, Counts, object]:
-    """Columns TRL's trainers take (dpo: prompt_ids/chosen_ids/rejected_ids; rm: chosen_ids/rejected_ids, prompt
-    and answer whole; kto: prompt_ids/completion_ids/label), the counts, and the chosen (or only) answers' rows."""
+    """Columns TRL's trainers take (dpo: prompt_ids/chosen_ids/rejected_ids; orpo and cpo: prompt and answers with
+    labels; rm: chosen_ids/rejected_ids, prompt and answer whole; kto: prompt_ids/completion_ids/label), the counts,
+    and the chosen (or only) answers' rows."""
+    kind = trainer_kind(cfg)
     workers = preprocessing_workers(cfg.preprocessing_num_workers)
     encode = lambda answers: encode_rows([_conversation(e[0], a) for e, a in zip(examples, answers)],  # noqa: E731
                                          tokenizer, template, cfg.cutoff_len, workers=workers)
@@ -187,9 +207,11 @@ def tokenize(examples: list[tuple], stage: str, cfg, tokenizer, template) -> tup
                                                                                                   CUT_TURNS))
         counts.truncated += bool(cut)
         prompt = a[0] if a[0] == b[0] else a[0][:_shared(a[0], b[0])]
-        if stage == "dpo":
+        if kind == "dpo":
             row = {"prompt_ids": prompt, "chosen_ids": a[0][len(prompt):] + a[1],
                    "rejected_ids": b[0][len(prompt):] + b[1]}
+        elif kind in ("orpo", "cpo"):
+            row = _paired_row(prompt, a[0][len(prompt):] + a[1], b[0][len(prompt):] + b[1])
         elif stage == "rm":
             row = {"chosen_ids": a[0] + a[1], "rejected_ids": b[0] + b[1]}
         else:
@@ -265,17 +287,37 @@ def _mismatched(completions: list, batch: int) -> list:
 
 # ---- trainers ------------------------------------------------------------------------------------------------
 
-def args_class(stage: str):
-    """TRL's TrainingArguments subclass for a stage."""
+def _trl(kind: str) -> tuple:
+    """(config class, trainer class) of TRL for a trainer kind; ORPO and CPO live in trl.experimental (TRL 1.16)."""
     import trl
 
-    return {"dpo": trl.DPOConfig, "kto": trl.KTOConfig, "rm": trl.RewardConfig}[stage]
+    if kind == "orpo":
+        from trl.experimental.orpo import ORPOConfig, ORPOTrainer
+
+        return ORPOConfig, ORPOTrainer
+    if kind == "cpo":
+        from trl.experimental.cpo import CPOConfig, CPOTrainer
+
+        return CPOConfig, CPOTrainer
+    return {"dpo": (trl.DPOConfig, trl.DPOTrainer), "kto": (trl.KTOConfig, trl.KTOTrainer),
+            "rm": (trl.RewardConfig, trl.RewardTrainer)}[kind]
+
+
+def args_class(cfg):
+    """TRL's TrainingArguments subclass for a run."""
+    return _trl(trainer_kind(cfg))[0]
 
 
 def stage_arguments(cfg) -> dict:
     """The stage's TRL settings, from ftkit's (LLaMA-Factory's) keys. Data arrive tokenized and cut to cutoff_len,
     so TRL cuts nothing (max_length None)."""
     common = dict(max_length=None, gradient_checkpointing=bool(cfg.gradient_checkpointing), dataset_num_proc=None)
+    kind = trainer_kind(cfg)
+    if kind == "orpo":  # ORPO: the chosen answers' NLL plus beta x the odds-ratio loss; no reference
+        return {**common, "max_length": cfg.cutoff_len, "beta": cfg.pref_beta}
+    if kind == "cpo":  # SimPO: length-normalised rewards with a target margin; no reference; pref_ftx adds NLL
+        return {**common, "max_length": cfg.cutoff_len, "loss_type": "simpo", "beta": cfg.pref_beta,
+                "simpo_gamma": cfg.simpo_gamma, "cpo_alpha": cfg.pref_ftx}
     if cfg.stage == "dpo":
         losses, weights = [cfg.pref_loss], [1.0]
         if cfg.pref_ftx:
@@ -288,24 +330,26 @@ def stage_arguments(cfg) -> dict:
     return common
 
 
-def trainer_class(stage: str, mixin):
-    """TRL's trainer for the stage, with ftkit's mixin (optimizers, atomic checkpoints), taking ftkit's tokenized
-    data as they are. Written against TRL 1.16: `_prepare_dataset` is where its trainers tokenize (a test checks
-    they still call it)."""
-    import trl
-
-    base = {"dpo": trl.DPOTrainer, "kto": trl.KTOTrainer, "rm": trl.RewardTrainer}[stage]
+def trainer_class(kind: str, mixin):
+    """TRL's trainer for the kind, with ftkit's mixin (optimizers, atomic checkpoints), taking ftkit's tokenized
+    data as they are. Written against TRL 1.16: `_prepare_dataset` (DPO, KTO, reward) and `tokenize_row` (ORPO,
+    CPO) are where its trainers tokenize; the stage tests fail if they tokenize again."""
+    base = _trl(kind)[1]
 
     def _prepare_dataset(self, dataset, *args, **kwargs):
         return dataset  # tokenized by ftkit (see the module's docstring)
 
-    return type(f"Ftkit{base.__name__}", (mixin, base), {"_prepare_dataset": _prepare_dataset})
+    def tokenize_row(self, feature, model=None):
+        return feature
+
+    hook = {"tokenize_row": tokenize_row} if kind in ("orpo", "cpo") else {"_prepare_dataset": _prepare_dataset}
+    return type(f"Ftkit{base.__name__}", (mixin, base), hook)
 
 
 def make_trainer(model, tokenizer, p, callbacks, mixin):
     """The stage's TRL trainer on the prepared data. With an adapter that starts as the identity (a new LoRA or
     OFT), the reference is the model with the adapter off: TRL's copy of the adapter as "ref" is removed."""
-    cls = trainer_class(p.config.stage, mixin)
+    cls = trainer_class(trainer_kind(p.config), mixin)
     trainer = cls(model=model, args=p.args, train_dataset=p.data.train, eval_dataset=p.data.eval or None,
                   processing_class=tokenizer, callbacks=callbacks)
     peft = getattr(trainer.model, "peft_config", {})

@@ -71,8 +71,8 @@ def test_stage_and_data_must_agree(workdir):
         ftkit.plan(base_config(workdir / "b", stage="dpo", dataset="demo"))
     with pytest.raises(ConfigError, match="stage: 'ppo' is not one of pt, sft, rm, dpo, kto"):
         ftkit.plan(base_config(workdir / "c", stage="ppo"))
-    with pytest.raises(ConfigError, match="pref_loss: 'orpo' is not one of sigmoid, hinge, ipo"):
-        ftkit.plan(base_config(workdir / "d", stage="dpo", dataset="demo_dpo", pref_loss="orpo"))
+    with pytest.raises(ConfigError, match="pref_loss: 'kto_pair' is not one of sigmoid, hinge, ipo, orpo, simpo"):
+        ftkit.plan(base_config(workdir / "d", stage="dpo", dataset="demo_dpo", pref_loss="kto_pair"))
 
 
 def test_pairs_tokenize_as_prompt_and_answers(workdir):
@@ -143,13 +143,23 @@ def test_dpo_raises_the_reward_margin_without_a_second_model(workdir):
 
 @pytest.mark.slow
 def test_dpo_losses_and_sft_term(workdir):
-    """pref_loss hinge and ipo and pref_ftx (an SFT term) reach TRL's DPO as its loss types, and train."""
-    for loss, ftx in (("hinge", 0.0), ("ipo", 0.0), ("sigmoid", 1.0)):
-        cfg = stage_config(workdir / loss, "dpo", pref_loss=loss, pref_ftx=ftx, max_steps=4, eval_steps=4)
-        p = ftkit.plan(cfg)
-        assert p.args.loss_type == [loss] + (["sft"] if ftx else []) and p.args.beta == 0.1
+    """pref_loss hinge and ipo and pref_ftx (an SFT term) reach TRL's DPO as its loss types; orpo and simpo run
+    TRL's ORPO and CPO (loss_type simpo, simpo_gamma) trainers, with no reference; each trains."""
+    for loss, ftx in (("hinge", 0.0), ("ipo", 0.0), ("sigmoid", 1.0), ("orpo", 0.0), ("simpo", 0.0)):
+        cfg = stage_config(workdir / loss, "dpo", pref_loss=loss, pref_ftx=ftx, max_steps=4, eval_steps=4,
+                           learning_rate=2e-3 if loss in ("orpo", "simpo") else 5e-4)
+        args = ftkit.plan(cfg).args
+        if loss in ("orpo", "simpo"):
+            assert type(args).__name__ == {"orpo": "ORPOConfig", "simpo": "CPOConfig"}[loss], loss
+            assert loss == "orpo" or (args.loss_type, args.simpo_gamma, args.cpo_alpha) == ("simpo", 0.5, 0.0)
+        else:
+            assert args.loss_type == [loss] + (["sft"] if ftx else []) and args.beta == 0.1
         run = ftkit.train(cfg, console=False)
-        assert evals(run)[-1]["metrics"]["reward_margin"] > 0, loss
+        first, last = evals(run)[0], evals(run)[-1]
+        if loss in ("orpo", "simpo"):  # no reference: the margin does not start at 0; the held-out loss falls
+            assert last["eval_loss"] < first["eval_loss"], (loss, first, last)
+        else:
+            assert last["metrics"]["reward_margin"] > first["metrics"]["reward_margin"], (loss, first, last)
 
 
 @pytest.mark.slow
