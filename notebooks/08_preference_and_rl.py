@@ -164,7 +164,8 @@ assert ship(same_language)["helpers"][0]["constants"] == {"CJK": CJK}
 ("markdown", """
 Each step samples `num_generations` answers for each of `per_device_train_batch_size / num_generations` prompts,
 scores them, and compares each answer with the others of its prompt. The panel shows the mean reward, each
-function's, their spread and the answers' length.
+function's, their spread and the answers' length, and (`preview_prompts`) how the model answers two questions as
+it trains.
 """),
 ("code", """
 %%finetune --name grpo
@@ -176,6 +177,7 @@ reward_funcs: [{same_language}, {brief}]
 reward_weights: [1.0, 0.2]
 num_generations: 4
 max_completion_length: 48
+preview_prompts: ["什么是LoRA？", "What is a tokenizer?"]
 per_device_train_batch_size: 8
 learning_rate: 5.0e-4
 max_steps: {GRPO_STEPS}
