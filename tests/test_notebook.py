@@ -436,6 +436,19 @@ def test_preview_marks_trained_tokens_and_counts_long_examples(ip):
         ip.run_line_magic("ftkit", "")
 
 
+def test_a_second_preview_keeps_the_tokenizer(monkeypatch):
+    """The tokenizer (a second or two for a 150k vocabulary, its fast encoder as long) loads once for previews of
+    the same model."""
+    from ftkit import model as M
+
+    loads = []
+    real = M.load_tokenizer
+    monkeypatch.setattr(M, "load_tokenizer", lambda *a, **k: loads.append(a[0]) or real(*a, **k))
+    for _ in range(2):
+        ftkit.preview("demo", n=1)
+    assert len(loads) <= 1
+
+
 def test_preview_shows_chinese_and_emoji_whole(tmp_path, tiny_tokenizer):
     """tiny's tokenizer is byte-level BPE: rare characters and emoji split over tokens that alone decode to U+FFFD."""
     import json

@@ -8,6 +8,7 @@ import base64
 import html
 import itertools
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -93,6 +94,23 @@ def lengths_png(lengths: list[int], cutoff_len: int) -> bytes:
     return buf.getvalue()
 
 
+_TOKENIZER: dict = {}  # the last preview's tokenizer: the next preview of the same model starts at once
+
+
+def _tokenizer(path: str, cfg):
+    """The model's tokenizer, kept for the next preview (a 150k-token vocabulary takes a second or two to load, and
+    its fast encoder as long again to build)."""
+    from ftkit import model as M
+
+    folder = Path(path)
+    stamp = max((f.stat().st_mtime_ns for f in folder.glob("tokenizer*")), default=0) if folder.is_dir() else 0
+    key = (path, stamp, cfg.tokenizer_name_or_path, cfg.trust_remote_code, tuple(cfg.added_tokens or ()))
+    if key not in _TOKENIZER:
+        _TOKENIZER.clear()
+        _TOKENIZER[key] = M.load_tokenizer(path, cfg.tokenizer_name_or_path, cfg.trust_remote_code, cfg.added_tokens)
+    return _TOKENIZER[key]
+
+
 @quiet()
 def preview(dataset, template: str = "auto", model: str = "tiny", n: int = 3, **config) -> Preview:
     """Tokenize `dataset` as a run with these keys would (same schema as `ftkit train`) and show `n` examples."""
@@ -101,7 +119,7 @@ def preview(dataset, template: str = "auto", model: str = "tiny", n: int = 3, **
 
     cfg = RunConfig.from_dict({"dataset": dataset, "template": template, "model_name_or_path": model, **config})
     path = M.resolve(cfg.model_name_or_path)
-    tokenizer = M.load_tokenizer(path, cfg.tokenizer_name_or_path, cfg.trust_remote_code, cfg.added_tokens)
+    tokenizer = _tokenizer(path, cfg)
     tmpl = templates.get_template(cfg.template, tokenizer, M.model_type(path), cfg.enable_thinking)
     conversations, sampled = [], False
     for src in data.resolve_datasets(cfg.datasets, cfg.dataset_dir):  # a sample, not a scan: the first ones
