@@ -95,6 +95,14 @@ def preview(dataset, template: str = "auto", model: str = "tiny", n: int = 3, **
     return _preview(dataset, template=template, model=model, n=n, **config)
 
 
+def export_gguf(model, out=None, quant: str = "f16", adapter=None, console: bool = True):
+    """One GGUF file for llama.cpp, Ollama and LM Studio (a run or an adapter is merged first), kept only once
+    transformers loads it back with the same tokenizer ids and logits; returns its path."""
+    from ftkit.gguf_export import export_gguf as _export_gguf
+
+    return _export_gguf(model, out, quant, adapter=adapter, console=console)
+
+
 def score(model, prompt, answer: str, adapter=None) -> float:
     """A reward model's score (a stage rm run, its adapter or merged folder) of `answer` to `prompt`."""
     from ftkit.generation import score as _score
@@ -130,6 +138,6 @@ def unload_ipython_extension(ip) -> None:
 
 
 __all__ = ["RunConfig", "ConfigError", "DataError", "FtkitError", "ModelError",
-           "train", "launch", "plan", "merge", "expand", "generate", "score", "convert", "render", "preview", "compare",
+           "train", "launch", "plan", "merge", "expand", "generate", "score", "export_gguf", "convert", "render", "preview", "compare",
            "panel", "runs",
            "__version__"]

@@ -283,12 +283,30 @@ def cmd_export_onnx(argv: list[str]) -> int:
     return 0
 
 
+def cmd_export_gguf(argv: list[str]) -> int:
+    from ftkit.gguf_export import QUANTS
+
+    p = argparse.ArgumentParser(prog="ftkit export-gguf", description="Write a model as one GGUF file (llama.cpp, "
+                                "Ollama, LM Studio), checked by loading it back.")
+    p.add_argument("--model", required=True, help="model folder, or a run (its adapter is merged first)")
+    p.add_argument("--adapter", help="a LoRA adapter to merge into --model first")
+    p.add_argument("--out", help="the .gguf file (default: model-QUANT.gguf in the run or model folder)")
+    p.add_argument("--quant", default="f16", help=f"{' | '.join(QUANTS)} (K-quants: export f16, then "
+                   "llama.cpp's llama-quantize)")
+    a = p.parse_args(argv)
+    from ftkit.gguf_export import export_gguf
+
+    export_gguf(a.model, a.out, a.quant, adapter=a.adapter)
+    return 0
+
+
 # True when this process is the `ftkit` command itself (entry()), not code that called main(): then `train`
 # may set the process up for the one run (files.start_own_process)
 OWN_PROCESS = False
 
 COMMANDS = {"train": cmd_train, "merge": cmd_merge, "export": cmd_merge, "chat": cmd_chat, "convert": cmd_convert,
-            "export-onnx": cmd_export_onnx, "expand": cmd_expand, "models": cmd_models, "demo": cmd_demo}
+            "export-onnx": cmd_export_onnx, "export-gguf": cmd_export_gguf, "expand": cmd_expand, "models": cmd_models,
+            "demo": cmd_demo}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,231 @@
+"""GGUF export (llama.cpp, Ollama, LM Studio), in Python: the `gguf` package's writer, tensor names and quantizers.
+
+A model folder (a merged run, or any) is written tensor by tensor: its weights renamed to llama.cpp's names
+(gguf.get_tensor_name_map), Llama-style query/key rows reordered for llama.cpp's rotary layout, quantized
+(f16, bf16, q8_0, q5_x, q4_x; the package cannot write K-quants) where a tensor's shape allows; its tokenizer (a byte-level BPE vocabulary
+and merges, special tokens) and chat template go into the metadata. The file is written under a temporary name
+and renamed into place once a check passed: transformers loads it back and must tokenize the probes the same and
+give the same logits.
+
+Work in progress (issue 17): llama, mistral, qwen2 and qwen3 with byte-level BPE tokenizers; no Modelfile yet.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ftkit.errors import ModelError
+from ftkit.model import quiet
+
+
+@dataclass(frozen=True)
+class Arch:
+    gguf_name: str          # gguf.MODEL_ARCH member name
+    permute_qk: bool        # llama.cpp's LLaMA rope wants q/k rows interleaved per head (NEOX-style models do not)
+
+
+ARCHS = {"llama": Arch("LLAMA", True), "mistral": Arch("LLAMA", True), "qwen2": Arch("QWEN2", False),
+         "qwen3": Arch("QWEN3", False)}
+QUANTS = ("f32", "f16", "bf16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0")  # what the gguf package can write
+UNWRITABLE = ("q2_k", "q3_k", "q4_k", "q4_k_m", "q4_k_s", "q5_k", "q5_k_m", "q6_k")  # it reads them, cannot write them
+# the check of a written file: logits of the file (loaded back by transformers) against the model's, as a share of
+# the largest logit; the quantized types must also pick the same next token on each probe (q8_0) or stay close
+TOLERANCE = {"f32": 1e-4, "f16": 1e-2, "bf16": 2e-2, "q8_0": 5e-2, "q5_1": 0.15, "q5_0": 0.15, "q4_1": 0.25,
+             "q4_0": 0.25}
+PROBES = ["What is LoRA?", "你好，请介绍一下你自己。"]
+
+
+def _permute(w: np.ndarray, heads: int) -> np.ndarray:
+    """HF's rotary layout (each head's first half, then second half) -> llama.cpp's (pairs interleaved)."""
+    return w.reshape(heads, 2, w.shape[0] // heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def _qtype(quant: str, array: np.ndarray):
+    """The GGML type a tensor is written in: 1-D tensors (norms, biases) stay f32; a matrix whose rows do not split
+    into the type's blocks falls back to f16."""
+    import gguf
+
+    if array.ndim == 1 or quant == "f32":
+        return gguf.GGMLQuantizationType.F32
+    qtype = gguf.GGMLQuantizationType[quant.upper()]
+    if array.shape[-1] % gguf.GGML_QUANT_SIZES[qtype][0]:
+        return gguf.GGMLQuantizationType.F16
+    return qtype
+
+
+def check_quant(quant: str) -> None:
+    if quant in UNWRITABLE:
+        raise ModelError(f"quant: {quant} is a K-quant, which the gguf package reads but cannot write; export f16 "
+                         "and run llama.cpp's llama-quantize on it, or choose one of " + ", ".join(QUANTS))
+    if quant not in QUANTS:
+        raise ModelError(f"quant: {quant!r} is not one of {', '.join(QUANTS)}")
+
+
+@quiet()
+def export_gguf(model, out=None, quant: str = "f16", adapter=None, console: bool = True) -> Path:
+    """Write `model` (a model folder; a run or an adapter is merged first) as a GGUF file, check it, keep it.
+
+    The file is written as NAME.partial.gguf; transformers loads it back and its tokenizer must encode the probes
+    to the same ids and its logits must match the model's (within TOLERANCE[quant] of the largest logit; q8_0 also
+    the same greedy token); only then is it renamed to `out`. Returns the path."""
+    import tempfile
+
+    from ftkit.generation import where
+    from ftkit.merging import merge
+
+    check_quant(quant)
+    base, adapters = where(model, adapter)
+    with tempfile.TemporaryDirectory(prefix="ftkit-gguf-") as scratch:
+        folder = Path(merge(adapters, Path(scratch) / "merged", console=False)) if adapters else Path(base)
+        from ftkit.model import resolve
+
+        folder = Path(resolve(str(folder), key="model"))
+        out = Path(out) if out else Path(adapters.split(",")[-1]).parent / f"model-{quant}.gguf" if adapters else \
+            folder / f"model-{quant}.gguf"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(out.stem + ".partial.gguf")
+        try:
+            write(folder, tmp, quant)
+            proof = verify(folder, tmp, quant)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        tmp.replace(out)
+    if console:
+        print(f"exported {folder} -> {out} ({quant}, {out.stat().st_size / 2**20:,.1f} MiB)\n  check: {proof}")
+    return out
+
+
+def write(folder: Path, out: Path, quant: str) -> None:
+    """The GGUF file itself: metadata, tokenizer, then the tensors one by one from the safetensors files."""
+    import json
+
+    import gguf
+    import torch
+    from safetensors import safe_open
+
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    kind = config.get("model_type")
+    if kind not in ARCHS:
+        raise ModelError(f"{folder}: model_type {kind!r} cannot be exported to GGUF yet; supported: "
+                         f"{', '.join(ARCHS)}")
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise ModelError(f"{folder}: no .safetensors weights to export")
+    arch = ARCHS[kind]
+    gguf_arch = gguf.MODEL_ARCH[arch.gguf_name]
+    layers = config["num_hidden_layers"]
+    heads, kv_heads = config["num_attention_heads"], config.get("num_key_value_heads") or config["num_attention_heads"]
+    head_dim = config.get("head_dim") or config["hidden_size"] // heads
+    names = gguf.get_tensor_name_map(gguf_arch, layers)
+
+    writer = gguf.GGUFWriter(str(out), gguf.MODEL_ARCH_NAMES[gguf_arch], use_temp_file=True)
+    writer.add_name(folder.name)
+    writer.add_context_length(config.get("max_position_embeddings", 2048))
+    writer.add_embedding_length(config["hidden_size"])
+    writer.add_block_count(layers)
+    writer.add_feed_forward_length(config["intermediate_size"])
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(kv_heads)
+    writer.add_key_length(head_dim)
+    writer.add_value_length(head_dim)
+    writer.add_rope_dimension_count(head_dim)
+    rope = config.get("rope_parameters") or {}
+    writer.add_rope_freq_base(rope.get("rope_theta", config.get("rope_theta", 10000.0)))
+    writer.add_layer_norm_rms_eps(config.get("rms_norm_eps", 1e-6))
+    writer.add_vocab_size(config["vocab_size"])
+    file_type = {"f32": "ALL_F32", "f16": "MOSTLY_F16", "bf16": "MOSTLY_BF16"}.get(quant, f"MOSTLY_{quant.upper()}")
+    writer.add_file_type(gguf.LlamaFileType[file_type])
+    _add_tokenizer(writer, folder, config["vocab_size"])
+    try:
+        for file in files:
+            with safe_open(str(file), framework="pt") as f:
+                for key in f.keys():
+                    found = names.get_type_and_name(key, try_suffixes=(".weight", ".bias"))
+                    if found is None:
+                        raise ModelError(f"{file.name}: tensor {key} has no llama.cpp name for {kind}")
+                    tensor = f.get_tensor(key).to(torch.float32).numpy()
+                    if arch.permute_qk and key.endswith("q_proj.weight"):
+                        tensor = _permute(tensor, heads)
+                    elif arch.permute_qk and key.endswith("k_proj.weight"):
+                        tensor = _permute(tensor, kv_heads)
+                    qtype = _qtype(quant, tensor)
+                    writer.add_tensor(found[1], gguf.quants.quantize(tensor, qtype), raw_dtype=qtype)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+    finally:
+        writer.close()
+
+
+def _add_tokenizer(writer, folder: Path, n_vocab: int) -> None:
+    """A byte-level BPE tokenizer (tokenizer.json) as llama.cpp's gpt2 vocabulary: tokens, their types (special
+    added tokens are control tokens), merges, special token ids and the chat template."""
+    import json
+
+    import gguf
+    from gguf.vocab import BpeVocab, SpecialVocab
+
+    try:
+        vocab = BpeVocab(folder)
+    except FileNotFoundError:
+        raise ModelError(f"{folder}: only byte-level BPE tokenizers (Llama 3, Qwen, GPT-2 style) can be exported "
+                         "yet") from None
+    listed = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8")).get("added_tokens", [])
+    special = {t["id"]: gguf.TokenType.CONTROL if t.get("special") else gguf.TokenType.USER_DEFINED for t in listed}
+    tokens, types = [], []
+    for i, (text, _, kind) in enumerate(vocab.all_tokens()):
+        tokens.append(text if isinstance(text, bytes) else text.encode())
+        types.append(special.get(i, kind))
+    while len(tokens) < n_vocab:  # embedding rows past the vocabulary (padded sizes)
+        tokens.append(f"[PAD{len(tokens)}]".encode())
+        types.append(gguf.TokenType.UNUSED)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list(tokens)
+    writer.add_token_types(types)
+    SpecialVocab(folder, load_merges=True, n_vocab=n_vocab).add_to_gguf(writer, quiet=True)
+
+
+def verify(folder: Path, file: Path, quant: str) -> str:
+    """Load `file` back with transformers and compare it with the model in `folder`: the tokenizer's ids on the
+    probes (plain and rendered by the chat template), then the logits. ModelError says which part differs."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    texts = list(PROBES)
+    if getattr(tokenizer, "chat_template", None):
+        texts += [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
+                                                add_generation_prompt=True) for p in PROBES]
+    try:
+        read = AutoTokenizer.from_pretrained(file.parent, gguf_file=file.name)
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+        back = AutoModelForCausalLM.from_pretrained(file.parent, gguf_file=file.name, dtype=torch.float32).eval()
+    except Exception as e:  # noqa: BLE001 - an unreadable file: which part failed, in one line
+        raise ModelError(f"{file}: the GGUF file does not load back ({str(e).splitlines()[0]}); nothing was kept") \
+            from None
+    worst, same_token = 0.0, True
+    for text in texts:
+        want = tokenizer(text, add_special_tokens=False)["input_ids"]
+        got = read(text, add_special_tokens=False)["input_ids"]
+        if want != got:
+            raise ModelError(f"{file}: its tokenizer encodes {text[:40]!r} as {got[:12]} where the model's gives "
+                             f"{want[:12]}; nothing was kept")
+        ids = torch.tensor([want])
+        with torch.no_grad():
+            a, b = model(input_ids=ids).logits[0], back(input_ids=ids).logits[0]
+        diff = (a - b).abs().max().item()
+        worst = max(worst, diff / max(1.0, a.abs().max().item()))
+        # the file's next token is the model's, or one the model scores within the difference of its best (a tie)
+        gap = (a[-1].max() - a[-1][b[-1].argmax()]).item()
+        same_token = same_token and gap <= 2 * diff
+    allowed = TOLERANCE[quant]
+    if worst > allowed or (quant in ("f32", "f16", "bf16", "q8_0") and not same_token):
+        raise ModelError(f"{file}: its logits differ from the model's by {worst:.3g} of the largest (allowed "
+                         f"{allowed:g})" + ("" if same_token else " and it picks another next token")
+                         + "; nothing was kept")
+    return (f"tokenizer gives the same ids on {len(texts)} probes; logits within {worst:.2e} of the largest "
+            f"(allowed {allowed:g}); next token {'the same (or tied)' if same_token else 'differs on a probe'}")
