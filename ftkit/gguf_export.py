@@ -87,19 +87,44 @@ def export_gguf(model, out=None, quant: str = "f16", adapter=None, console: bool
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_name(out.stem + ".partial.gguf")
         try:
-            write(folder, tmp, quant)
+            add_bos = write(folder, tmp, quant)
             proof = verify(folder, tmp, quant)
+            recipe, about = _modelfile(folder, out, add_bos)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
         tmp.replace(out)
+    recipe_file = out.with_suffix(".Modelfile")
+    recipe_file.write_text(recipe, encoding="utf-8")
     if console:
-        print(f"exported {folder} -> {out} ({quant}, {out.stat().st_size / 2**20:,.1f} MiB)\n  check: {proof}")
+        print(f"exported {folder} -> {out} ({quant}, {out.stat().st_size / 2**20:,.1f} MiB)\n  check: {proof}\n"
+              f"  Ollama: {recipe_file.name} ({about}); next: cd {out.parent} && ollama create "
+              f"{_ollama_name(out)} -f {recipe_file.name}")
     return out
 
 
-def write(folder: Path, out: Path, quant: str) -> None:
-    """The GGUF file itself: metadata, tokenizer, then the tensors one by one from the safetensors files."""
+def _ollama_name(out: Path) -> str:
+    parent = out.parent.name if out.stem.startswith("model-") else out.stem
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in parent.lower()) or "ftkit-model"
+
+
+def _modelfile(folder: Path, out: Path, add_bos: bool) -> tuple[str, str]:
+    """The Modelfile for `out`: the chat template ftkit chats with for `folder` (the run's, else the tokenizer's)."""
+    from ftkit.errors import FtkitError
+    from ftkit.folders import run_config_of
+    from ftkit.generation import _tokenizer_and_template
+    from ftkit.ollama import modelfile
+
+    try:
+        tokenizer, template = _tokenizer_and_template(str(folder), None, None, run_config_of(folder))
+    except FtkitError as e:
+        return f"FROM ./{out.name}\n", f"no TEMPLATE: {e}"
+    return modelfile(out, template, add_bos=add_bos, bos=tokenizer.bos_token)
+
+
+def write(folder: Path, out: Path, quant: str) -> bool:
+    """The GGUF file itself: metadata, tokenizer, then the tensors one by one from the safetensors files. Returns
+    whether the file tells llama.cpp to add the bos token itself."""
     import json
 
     import gguf
@@ -138,7 +163,7 @@ def write(folder: Path, out: Path, quant: str) -> None:
     writer.add_vocab_size(config["vocab_size"])
     file_type = {"f32": "ALL_F32", "f16": "MOSTLY_F16", "bf16": "MOSTLY_BF16"}.get(quant, f"MOSTLY_{quant.upper()}")
     writer.add_file_type(gguf.LlamaFileType[file_type])
-    _add_tokenizer(writer, folder, config["vocab_size"])
+    add_bos = _add_tokenizer(writer, folder, config["vocab_size"])
     try:
         for file in files:
             with safe_open(str(file), framework="pt") as f:
@@ -158,9 +183,10 @@ def write(folder: Path, out: Path, quant: str) -> None:
         writer.write_tensors_to_file()
     finally:
         writer.close()
+    return add_bos
 
 
-def _add_tokenizer(writer, folder: Path, n_vocab: int) -> None:
+def _add_tokenizer(writer, folder: Path, n_vocab: int) -> bool:
     """A byte-level BPE tokenizer (tokenizer.json) as llama.cpp's gpt2 vocabulary: tokens, their types (special
     added tokens are control tokens), merges, special token ids and the chat template."""
     import json
@@ -186,7 +212,9 @@ def _add_tokenizer(writer, folder: Path, n_vocab: int) -> None:
     writer.add_tokenizer_pre("default")
     writer.add_token_list(tokens)
     writer.add_token_types(types)
-    SpecialVocab(folder, load_merges=True, n_vocab=n_vocab).add_to_gguf(writer, quiet=True)
+    ids = SpecialVocab(folder, load_merges=True, n_vocab=n_vocab)
+    ids.add_to_gguf(writer, quiet=True)
+    return bool(ids.add_special_token.get("bos"))
 
 
 def verify(folder: Path, file: Path, quant: str) -> str:
