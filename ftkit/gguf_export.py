@@ -22,12 +22,16 @@ from ftkit.model import quiet
 
 @dataclass(frozen=True)
 class Arch:
-    gguf_name: str          # gguf.MODEL_ARCH member name
-    permute_qk: bool        # llama.cpp's LLaMA rope wants q/k rows interleaved per head (NEOX-style models do not)
+    gguf_name: str              # gguf.MODEL_ARCH member name
+    permute_qk: bool = False    # llama.cpp's LLaMA rope wants q/k rows interleaved per head (NEOX-style models do not)
+    norm_shift: float = 0.0     # added to every norm weight (Gemma's models scale by 1 + w, llama.cpp by w)
 
 
-ARCHS = {"llama": Arch("LLAMA", True), "mistral": Arch("LLAMA", True), "qwen2": Arch("QWEN2", False),
-         "qwen3": Arch("QWEN3", False)}
+ARCHS = {"llama": Arch("LLAMA", permute_qk=True), "mistral": Arch("LLAMA", permute_qk=True), "qwen2": Arch("QWEN2"),
+         "qwen3": Arch("QWEN3"), "gemma2": Arch("GEMMA2", norm_shift=1.0), "gemma3_text": Arch("GEMMA3", norm_shift=1.0),
+         "phi3": Arch("PHI3")}
+REFUSED = {"gemma": "Gemma 1: transformers cannot read its GGUF back, so the file could not be checked",
+           "gemma3": "Gemma 3 with its vision tower: export the language model alone (model_type gemma3_text)"}
 QUANTS = ("f32", "f16", "bf16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0")  # what the gguf package can write
 UNWRITABLE = ("q2_k", "q3_k", "q4_k", "q4_k_m", "q4_k_s", "q5_k", "q5_k_m", "q6_k")  # it reads them, cannot write them
 # the check of a written file: logits of the file (loaded back by transformers) against the model's, as a share of
@@ -131,11 +135,8 @@ def write(folder: Path, out: Path, quant: str) -> bool:
     import torch
     from safetensors import safe_open
 
-    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    kind = config.get("model_type")
-    if kind not in ARCHS:
-        raise ModelError(f"{folder}: model_type {kind!r} cannot be exported to GGUF yet; supported: "
-                         f"{', '.join(ARCHS)}")
+    config = read_config(folder)
+    kind = config["model_type"]
     files = sorted(folder.glob("*.safetensors"))
     if not files:
         raise ModelError(f"{folder}: no .safetensors weights to export")
@@ -156,10 +157,19 @@ def write(folder: Path, out: Path, quant: str) -> bool:
     writer.add_head_count_kv(kv_heads)
     writer.add_key_length(head_dim)
     writer.add_value_length(head_dim)
-    writer.add_rope_dimension_count(head_dim)
+    writer.add_rope_dimension_count(int(head_dim * config.get("partial_rotary_factor", 1.0)))
     rope = config.get("rope_parameters") or {}
+    rope = rope.get("full_attention", rope)  # Gemma 3: the global layers' (local ones use llama.cpp's 10000)
     writer.add_rope_freq_base(rope.get("rope_theta", config.get("rope_theta", 10000.0)))
+    if rope.get("rope_type") == "linear":
+        writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        writer.add_rope_scaling_factor(rope["factor"])
     writer.add_layer_norm_rms_eps(config.get("rms_norm_eps", 1e-6))
+    if config.get("sliding_window") and kind.startswith("gemma"):
+        writer.add_sliding_window(config["sliding_window"])
+    for key in ("attn_logit_softcapping", "final_logit_softcapping"):
+        if config.get(key):
+            getattr(writer, f"add_{key}")(config[key])
     writer.add_vocab_size(config["vocab_size"])
     file_type = {"f32": "ALL_F32", "f16": "MOSTLY_F16", "bf16": "MOSTLY_BF16"}.get(quant, f"MOSTLY_{quant.upper()}")
     writer.add_file_type(gguf.LlamaFileType[file_type])
@@ -176,6 +186,8 @@ def write(folder: Path, out: Path, quant: str) -> bool:
                         tensor = _permute(tensor, heads)
                     elif arch.permute_qk and key.endswith("k_proj.weight"):
                         tensor = _permute(tensor, kv_heads)
+                    elif arch.norm_shift and key.endswith("norm.weight"):
+                        tensor = tensor + arch.norm_shift
                     qtype = _qtype(quant, tensor)
                     writer.add_tensor(found[1], gguf.quants.quantize(tensor, qtype), raw_dtype=qtype)
         writer.write_header_to_file()
@@ -186,35 +198,84 @@ def write(folder: Path, out: Path, quant: str) -> bool:
     return add_bos
 
 
+def read_config(folder: Path) -> dict:
+    """The model's config.json, refused before any work when its architecture cannot be exported."""
+    import json
+
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    kind = config.get("model_type")
+    if kind in REFUSED:
+        raise ModelError(f"{folder}: model_type {kind!r} cannot be exported to GGUF: {REFUSED[kind]}")
+    if kind not in ARCHS:
+        raise ModelError(f"{folder}: model_type {kind!r} cannot be exported to GGUF yet; supported: "
+                         f"{', '.join(ARCHS)}")
+    rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
+    if rope.get("rope_type") not in (None, "default", "linear") and "full_attention" not in rope:
+        raise ModelError(f"{folder}: rope_type {rope['rope_type']!r} (long-context rope scaling) cannot be exported "
+                         "to GGUF yet")
+    return config
+
+
 def _add_tokenizer(writer, folder: Path, n_vocab: int) -> bool:
-    """A byte-level BPE tokenizer (tokenizer.json) as llama.cpp's gpt2 vocabulary: tokens, their types (special
-    added tokens are control tokens), merges, special token ids and the chat template."""
+    """The tokenizer as llama.cpp reads it: a SentencePiece model (tokenizer.model) or a byte-fallback BPE
+    tokenizer.json (Llama 2, Mistral, Gemma, Phi-3) as its llama vocabulary with scores, a byte-level BPE
+    (Llama 3, Qwen, GPT-2) as its gpt2 vocabulary; their token types (special added tokens are control tokens),
+    merges, special token ids and the chat template. Returns whether llama.cpp is to add the bos token."""
     import json
 
     import gguf
-    from gguf.vocab import BpeVocab, SpecialVocab
+    from gguf.vocab import BpeVocab, LlamaHfVocab, SentencePieceVocab, SpecialVocab
 
-    try:
-        vocab = BpeVocab(folder)
-    except FileNotFoundError:
-        raise ModelError(f"{folder}: only byte-level BPE tokenizers (Llama 3, Qwen, GPT-2 style) can be exported "
-                         "yet") from None
-    listed = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8")).get("added_tokens", [])
+    kinds = ((SentencePieceVocab, "llama"), (LlamaHfVocab, "llama"), (BpeVocab, "gpt2"))
+    for make, model in kinds if (folder / "tokenizer.model").exists() else kinds[1:]:
+        try:
+            vocab = make(folder)
+            break
+        except (FileNotFoundError, TypeError):  # not this kind (LlamaHfVocab: TypeError for Llama 3's)
+            continue
+    else:
+        raise ModelError(f"{folder}: its tokenizer is neither SentencePiece nor BPE (tokenizer.json), which is what "
+                         "llama.cpp reads")
+    listed = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8")).get("added_tokens", []) \
+        if (folder / "tokenizer.json").exists() else []
     special = {t["id"]: gguf.TokenType.CONTROL if t.get("special") else gguf.TokenType.USER_DEFINED for t in listed}
-    tokens, types = [], []
-    for i, (text, _, kind) in enumerate(vocab.all_tokens()):
+    tokens, scores, types = [], [], []
+    for i, (text, score, kind) in enumerate(vocab.all_tokens()):
         tokens.append(text if isinstance(text, bytes) else text.encode())
+        scores.append(score)
         types.append(special.get(i, kind))
     while len(tokens) < n_vocab:  # embedding rows past the vocabulary (padded sizes)
         tokens.append(f"[PAD{len(tokens)}]".encode())
+        scores.append(-1000.0)
         types.append(gguf.TokenType.UNUSED)
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre("default")
+    writer.add_tokenizer_model(model)
+    if model == "gpt2":
+        writer.add_tokenizer_pre(_pre_tokenizer(folder))
+    else:
+        writer.add_token_scores(scores)
     writer.add_token_list(tokens)
     writer.add_token_types(types)
     ids = SpecialVocab(folder, load_merges=True, n_vocab=n_vocab)
     ids.add_to_gguf(writer, quiet=True)
     return bool(ids.add_special_token.get("bos"))
+
+
+PRE_NAMES = ("llama-bpe", "qwen2", "qwen35", "tekken", "gpt-4o")  # llama.cpp's names for the splits it knows
+
+
+def _pre_tokenizer(folder: Path) -> str:
+    """llama.cpp's name for how a byte-level BPE tokenizer splits text before merging (its regex), found among the
+    splits transformers' GGUF reader knows by those names; "default" (GPT-2's) otherwise."""
+    import json
+
+    try:
+        from transformers.integrations.gguf.gguf_tokenizer_mapping import GGUF_PRE_TOKENIZER_SPLITS as splits
+    except ImportError:
+        return "default"
+    pre = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8")).get("pre_tokenizer") or {}
+    regexes = {p.get("pattern", {}).get("Regex") for p in [pre, *pre.get("pretokenizers", [])] if p.get("type") == "Split"}
+    named = [n for n in PRE_NAMES if splits.get(n) in regexes] + [n for n, r in splits.items() if r in regexes]
+    return named[0] if named else "default"
 
 
 def verify(folder: Path, file: Path, quant: str) -> str:

@@ -1,5 +1,7 @@
 """GGUF export (issue 17, in progress): files written with the gguf package, read back by transformers' own GGUF
 loader (the oracle: a different reader than the writer), the tokenizer and the logits compared."""
+import shutil
+
 import pytest
 
 import ftkit
@@ -15,14 +17,39 @@ def test_tiny_exports_and_loads_back_the_same(workdir, quant, capsys):
     assert "tokenizer gives the same ids on 4 probes" in capsys.readouterr().out
 
 
+SHAPES = {"qwen3": {"head_dim": 128},  # transformers' GGUF reader takes Qwen3's head_dim as 128, as in every Qwen3
+          # Gemma 2 and 3 scale attention by query_pre_attn_scalar; llama.cpp by head_dim (as in their 1-12B models)
+          "gemma2": {"head_dim": 256, "query_pre_attn_scalar": 256},
+          "gemma3_text": {"head_dim": 256, "query_pre_attn_scalar": 256}}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("arch", sorted(set(ARCHS) - {"llama"}))
 def test_architectures_export_in_f16_and_q8_0(workdir, arch, tiny_tokenizer):
-    # (transformers' GGUF reader takes Qwen3's head_dim as its default, 128, as every Qwen3 model has it)
-    folder = build(arch, workdir / f"{arch}-random", tiny_tokenizer, **({"head_dim": 128} if arch == "qwen3" else {}))  # (a file named just "mistral" reads back as
-    # transformers' mistral GGUF type, which its gguf reader lacks: llama.cpp writes Mistral as llama)
+    # (a file named just "mistral" reads back as transformers' mistral GGUF type, which its gguf reader lacks:
+    # llama.cpp writes Mistral as llama)
+    folder = build(arch, workdir / f"{arch}-random", tiny_tokenizer, **SHAPES.get(arch, {}))
     for quant in ("f16", "q8_0"):
         assert export_gguf(str(folder), workdir / f"{arch}-{quant}.gguf", quant, console=False).exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch, vocab", [("phi3", "phi-3"), ("mistral", "mistral-v3"), ("qwen2", "qwen2"),
+                                         ("llama", "llama-bpe")])
+def test_real_tokenizers_are_written_as_llama_cpp_reads_them(workdir, arch, vocab):
+    """Real vocabularies: Phi-3's byte-fallback BPE and Mistral v0.3's SentencePiece model as llama.cpp's llama
+    vocabulary (with scores), Qwen2's and Llama 3's byte-level BPE as its gpt2 vocabulary; read back by
+    transformers, each encodes the probes (English, Chinese, chat-rendered) to the same ids."""
+    from transformers import AutoTokenizer
+
+    from real import mistral_v3, real_tokenizer
+
+    source = mistral_v3()[0] if vocab == "mistral-v3" else real_tokenizer(vocab)
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    folder = build(arch, workdir / f"{arch}-random", tokenizer, **SHAPES.get(arch, {}))
+    if (source / "tokenizer.model").exists():
+        shutil.copy(source / "tokenizer.model", folder)
+    assert export_gguf(str(folder), workdir / f"{arch}.gguf", "f16", console=False).exists()
 
 
 def test_a_run_is_merged_then_exported(workdir):
@@ -57,4 +84,7 @@ def test_unsupported_requests_are_refused_by_name(workdir, tiny_tokenizer):
         export_gguf("tiny", workdir / "k.gguf", "q4_k_m")
     folder = build("gpt2", workdir / "gpt2", tiny_tokenizer)
     with pytest.raises(ModelError, match="model_type 'gpt2' cannot be exported to GGUF yet"):
+        export_gguf(str(folder), workdir / "g.gguf")
+    folder = build("gemma", workdir / "gemma", tiny_tokenizer)
+    with pytest.raises(ModelError, match="Gemma 1: transformers cannot read its GGUF back"):
         export_gguf(str(folder), workdir / "g.gguf")
