@@ -46,15 +46,31 @@ def _permute(w: np.ndarray, heads: int) -> np.ndarray:
     return w.reshape(heads, 2, w.shape[0] // heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def _qtype(quant: str, array: np.ndarray):
+def _source(file: Path, key: str, arch: Arch, heads: int, kv_heads: int) -> np.ndarray:
+    """A model tensor as llama.cpp wants it, in f32: q/k rows reordered (LLaMA-style rope), norms shifted (Gemma)."""
+    import torch
+    from safetensors import safe_open
+
+    with safe_open(str(file), framework="pt") as f:
+        tensor = f.get_tensor(key).to(torch.float32).numpy()
+    if arch.permute_qk and key.endswith("q_proj.weight"):
+        return _permute(tensor, heads)
+    if arch.permute_qk and key.endswith("k_proj.weight"):
+        return _permute(tensor, kv_heads)
+    if arch.norm_shift and key.endswith("norm.weight"):
+        return tensor + arch.norm_shift
+    return tensor
+
+
+def _qtype(quant: str, shape):
     """The GGML type a tensor is written in: 1-D tensors (norms, biases) stay f32; a matrix whose rows do not split
     into the type's blocks falls back to f16."""
     import gguf
 
-    if array.ndim == 1 or quant == "f32":
+    if len(shape) == 1 or quant == "f32":
         return gguf.GGMLQuantizationType.F32
     qtype = gguf.GGMLQuantizationType[quant.upper()]
-    if array.shape[-1] % gguf.GGML_QUANT_SIZES[qtype][0]:
+    if shape[-1] % gguf.GGML_QUANT_SIZES[qtype][0]:
         return gguf.GGMLQuantizationType.F16
     return qtype
 
@@ -91,8 +107,8 @@ def export_gguf(model, out=None, quant: str = "f16", adapter=None, console: bool
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_name(out.stem + ".partial.gguf")
         try:
-            add_bos = write(folder, tmp, quant)
-            proof = verify(folder, tmp, quant)
+            add_bos, sources = write(folder, tmp, quant)
+            proof = verify(folder, tmp, quant, sources)
             recipe, about = _modelfile(folder, out, add_bos)
         except BaseException:
             tmp.unlink(missing_ok=True)
@@ -126,9 +142,9 @@ def _modelfile(folder: Path, out: Path, add_bos: bool) -> tuple[str, str]:
     return modelfile(out, template, add_bos=add_bos, bos=tokenizer.bos_token)
 
 
-def write(folder: Path, out: Path, quant: str) -> bool:
+def write(folder: Path, out: Path, quant: str) -> tuple[bool, dict]:
     """The GGUF file itself: metadata, tokenizer, then the tensors one by one from the safetensors files. Returns
-    whether the file tells llama.cpp to add the bos token itself."""
+    whether the file tells llama.cpp to add the bos token itself, and where each of its tensors came from."""
     import json
 
     import gguf
@@ -147,7 +163,7 @@ def write(folder: Path, out: Path, quant: str) -> bool:
     head_dim = config.get("head_dim") or config["hidden_size"] // heads
     names = gguf.get_tensor_name_map(gguf_arch, layers)
 
-    writer = gguf.GGUFWriter(str(out), gguf.MODEL_ARCH_NAMES[gguf_arch], use_temp_file=True)
+    writer = gguf.GGUFWriter(str(out), gguf.MODEL_ARCH_NAMES[gguf_arch])
     writer.add_name(folder.name)
     writer.add_context_length(config.get("max_position_embeddings", 2048))
     writer.add_embedding_length(config["hidden_size"])
@@ -175,27 +191,32 @@ def write(folder: Path, out: Path, quant: str) -> bool:
     writer.add_file_type(gguf.LlamaFileType[file_type])
     add_bos = _add_tokenizer(writer, folder, config["vocab_size"])
     try:
+        # streamed: every tensor's name, shape and type first (from the safetensors headers), then the data one
+        # tensor at a time, so memory holds one tensor (as f32 and quantized), never the model
+        plan, sources = [], {}
         for file in files:
             with safe_open(str(file), framework="pt") as f:
                 for key in f.keys():
                     found = names.get_type_and_name(key, try_suffixes=(".weight", ".bias"))
                     if found is None:
                         raise ModelError(f"{file.name}: tensor {key} has no llama.cpp name for {kind}")
-                    tensor = f.get_tensor(key).to(torch.float32).numpy()
-                    if arch.permute_qk and key.endswith("q_proj.weight"):
-                        tensor = _permute(tensor, heads)
-                    elif arch.permute_qk and key.endswith("k_proj.weight"):
-                        tensor = _permute(tensor, kv_heads)
-                    elif arch.norm_shift and key.endswith("norm.weight"):
-                        tensor = tensor + arch.norm_shift
-                    qtype = _qtype(quant, tensor)
-                    writer.add_tensor(found[1], gguf.quants.quantize(tensor, qtype), raw_dtype=qtype)
+                    shape = f.get_slice(key).get_shape()
+                    qtype = _qtype(quant, shape)
+                    row = gguf.quants.quantize(np.zeros((1, shape[-1]), np.float32), qtype)  # the type's layout
+                    writer.add_tensor_info(found[1], (*shape[:-1], row.shape[-1]), row.dtype,
+                                           int(np.prod(shape[:-1], dtype=np.int64)) * row.nbytes, raw_dtype=qtype)
+                    plan.append((file, key, qtype))
+                    sources[found[1]] = (file, key)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
+        writer.write_ti_data_to_file()
+        for file, key, qtype in plan:
+            tensor = _source(file, key, arch, heads, kv_heads)
+            writer.write_tensor_data(gguf.quants.quantize(tensor, qtype))
+            del tensor
     finally:
         writer.close()
-    return add_bos
+    return add_bos, {name: (file, key, arch, heads, kv_heads) for name, (file, key) in sources.items()}
 
 
 def read_config(folder: Path) -> dict:
@@ -239,10 +260,14 @@ def _add_tokenizer(writer, folder: Path, n_vocab: int) -> bool:
     listed = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8")).get("added_tokens", []) \
         if (folder / "tokenizer.json").exists() else []
     special = {t["id"]: gguf.TokenType.CONTROL if t.get("special") else gguf.TokenType.USER_DEFINED for t in listed}
+    ranks = _merge_ranks(folder) if isinstance(vocab, LlamaHfVocab) else {}
     tokens, scores, types = [], [], []
     for i, (text, score, kind) in enumerate(vocab.all_tokens()):
         tokens.append(text if isinstance(text, bytes) else text.encode())
-        scores.append(score)
+        # llama.cpp's llama tokenizer merges by score: the gguf package gives a tokenizer.json's tokens none
+        # (-1000 each), so a merged token scores minus its merge's rank, as SentencePiece orders BPE pieces
+        scores.append(-float(ranks[i]) if kind == gguf.TokenType.NORMAL and i in ranks else
+                      0.0 if ranks and kind == gguf.TokenType.NORMAL else score)
         types.append(special.get(i, kind))
     while len(tokens) < n_vocab:  # embedding rows past the vocabulary (padded sizes)
         tokens.append(f"[PAD{len(tokens)}]".encode())
@@ -258,6 +283,19 @@ def _add_tokenizer(writer, folder: Path, n_vocab: int) -> bool:
     ids = SpecialVocab(folder, load_merges=True, n_vocab=n_vocab)
     ids.add_to_gguf(writer, quiet=True)
     return bool(ids.add_special_token.get("bos"))
+
+
+def _merge_ranks(folder: Path) -> dict[int, int]:
+    """Token id -> the rank of the merge in tokenizer.json that makes it (the first, where several do)."""
+    import json
+
+    model = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))["model"]
+    ranks: dict[int, int] = {}
+    for rank, merge in enumerate(model.get("merges", [])):
+        left, right = merge.split(" ", 1) if isinstance(merge, str) else merge
+        ranks.setdefault(model["vocab"].get(left + right, -1), rank)
+    ranks.pop(-1, None)
+    return ranks
 
 
 PRE_NAMES = ("llama-bpe", "qwen2", "qwen35", "tekken", "gpt-4o")  # llama.cpp's names for the splits it knows
@@ -278,32 +316,46 @@ def _pre_tokenizer(folder: Path) -> str:
     return named[0] if named else "default"
 
 
-def verify(folder: Path, file: Path, quant: str) -> str:
+TENSOR_TOLERANCE = {"f32": 1e-6, "f16": 1e-3, "bf16": 8e-3, "q8_0": 1.5e-2, "q5_1": 0.1, "q5_0": 0.1, "q4_1": 0.2,
+                    "q4_0": 0.2}  # a tensor read back, against the model's, as a share of its largest value
+
+
+def verify(folder: Path, file: Path, quant: str, sources: dict | None = None) -> str:
     """Load `file` back with transformers and compare it with the model in `folder`: the tokenizer's ids on the
-    probes (plain and rendered by the chat template), then the logits. ModelError says which part differs."""
+    probes (plain and rendered by the chat template), then the logits. A model too large to hold twice in f32 in
+    the free memory is compared tensor by tensor instead (the file memory-mapped, each tensor dequantized against
+    the model's; needs `sources`, from write). ModelError says which part differs."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ftkit.memory import available
 
     tokenizer = AutoTokenizer.from_pretrained(folder)
     texts = list(PROBES)
     if getattr(tokenizer, "chat_template", None):
         texts += [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
                                                 add_generation_prompt=True) for p in PROBES]
+    f32_bytes = 4 * sum(int(np.prod(_shape(f, k))) for f, k, *_ in (sources or {}).values())
     try:
         read = AutoTokenizer.from_pretrained(file.parent, gguf_file=file.name)
+        for text in texts:
+            want, got = tokenizer(text, add_special_tokens=False)["input_ids"], read(text, add_special_tokens=False)[
+                "input_ids"]
+            if want != got:
+                raise ModelError(f"{file}: its tokenizer encodes {text[:40]!r} as {got[:12]} where the model's gives "
+                                 f"{want[:12]}; nothing was kept")
+        if sources and 2.5 * f32_bytes > available("cpu"):
+            return f"tokenizer gives the same ids on {len(texts)} probes; " + _check_tensors(file, quant, sources)
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
         back = AutoModelForCausalLM.from_pretrained(file.parent, gguf_file=file.name, dtype=torch.float32).eval()
+    except ModelError:
+        raise
     except Exception as e:  # noqa: BLE001 - an unreadable file: which part failed, in one line
         raise ModelError(f"{file}: the GGUF file does not load back ({str(e).splitlines()[0]}); nothing was kept") \
             from None
     worst, same_token = 0.0, True
     for text in texts:
-        want = tokenizer(text, add_special_tokens=False)["input_ids"]
-        got = read(text, add_special_tokens=False)["input_ids"]
-        if want != got:
-            raise ModelError(f"{file}: its tokenizer encodes {text[:40]!r} as {got[:12]} where the model's gives "
-                             f"{want[:12]}; nothing was kept")
-        ids = torch.tensor([want])
+        ids = torch.tensor([tokenizer(text, add_special_tokens=False)["input_ids"]])
         with torch.no_grad():
             a, b = model(input_ids=ids).logits[0], back(input_ids=ids).logits[0]
         diff = (a - b).abs().max().item()
@@ -318,3 +370,29 @@ def verify(folder: Path, file: Path, quant: str) -> str:
                          + "; nothing was kept")
     return (f"tokenizer gives the same ids on {len(texts)} probes; logits within {worst:.2e} of the largest "
             f"(allowed {allowed:g}); next token {'the same (or tied)' if same_token else 'differs on a probe'}")
+
+
+def _shape(file: Path, key: str) -> list[int]:
+    from safetensors import safe_open
+
+    with safe_open(str(file), framework="pt") as f:
+        return f.get_slice(key).get_shape()
+
+
+def _check_tensors(file: Path, quant: str, sources: dict) -> str:
+    """Every tensor of the file (memory-mapped, dequantized one at a time) against the model's, within
+    TENSOR_TOLERANCE[quant] of its largest value."""
+    import gguf
+
+    worst, allowed = 0.0, TENSOR_TOLERANCE[quant]
+    reader = gguf.GGUFReader(file)
+    for t in reader.tensors:
+        want = _source(*sources[t.name])
+        got = gguf.quants.dequantize(t.data, t.tensor_type).reshape(want.shape)
+        diff = float(np.abs(got - want).max()) / max(1e-6, float(np.abs(want).max()))
+        if diff > allowed or not np.isfinite(diff):
+            raise ModelError(f"{file}: tensor {t.name} differs from the model's by {diff:.3g} of its largest value "
+                             f"(allowed {allowed:g}); nothing was kept")
+        worst = max(worst, diff)
+    return (f"{len(reader.tensors)} tensors within {worst:.2e} of the model's (allowed {allowed:g}; compared tensor by "
+            "tensor: the model is too large to run twice in the free memory)")

@@ -218,3 +218,40 @@ def llama_factory_templates() -> dict:
         sys.modules.update(saved)
         if stand_in is not None and sys.modules.get("datasets") is stand_in:
             del sys.modules["datasets"]
+
+
+# llama.cpp itself, compiled from that same sdist without its examples, tools, server and vision library (~4 min on
+# 2 cores, once per machine), installed into a folder of the cache that a subprocess puts on its path
+LLAMA_CPP_CMAKE = ("-DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF "
+                   "-DLLAMA_BUILD_SERVER=OFF")
+
+
+def llama_cpp_python() -> Path:
+    """A folder holding the built llama_cpp package (and diskcache, which it imports): run Python with it on
+    PYTHONPATH. The wheel is kept in the cache too, so a new folder installs without compiling."""
+    dest = cache() / (LLAMA_CPP_PYTHON.replace("==", "-") + "-site")
+    if (dest / "complete").exists():
+        return dest
+    wheels = cache() / "wheels"
+    wheel = next(wheels.glob("llama_cpp_python-*.whl"), None)
+    if wheel is None:
+        with tempfile.TemporaryDirectory() as tmp:
+            sdist = _sdist(LLAMA_CPP_PYTHON, tmp)
+            env = {**os.environ, "CMAKE_ARGS": LLAMA_CPP_CMAKE, "CMAKE_BUILD_PARALLEL_LEVEL": str(os.cpu_count() or 2)}
+            p = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-w", tmp, str(sdist)],
+                               capture_output=True, text=True, timeout=1800, env=env)
+            built = next(Path(tmp).glob("llama_cpp_python-*.whl"), None)
+            if p.returncode or built is None:
+                pytest.fail(f"llama-cpp-python did not build: {(p.stderr or p.stdout).strip()[-2000:]}")
+            wheels.mkdir(parents=True, exist_ok=True)
+            wheel = Path(shutil.copy(built, wheels))
+    partial = dest.with_name(dest.name + f".partial-{os.getpid()}")
+    shutil.rmtree(partial, ignore_errors=True)
+    p = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(partial), str(wheel),
+                        "diskcache"], capture_output=True, text=True, timeout=600)
+    if p.returncode:
+        pytest.skip(f"real fixtures: pip could not install llama-cpp-python's wheel ({p.stderr.strip()[-300:]})")
+    (partial / "complete").touch()
+    shutil.rmtree(dest, ignore_errors=True)
+    os.replace(partial, dest)
+    return dest

@@ -481,6 +481,10 @@ def test_chat_streams_keeps_history_merge_and_compare(ip):
     with capture_output() as cap:
         merged = ip.run_line_magic("merge", "tuned --out out/t_merged")
     assert (merged / "config.json").exists() and "merged model: out/t_merged" in cap.stdout
+    with capture_output() as cap:
+        gguf = ip.run_line_magic("export_gguf", "tuned --quant q8_0")
+    assert gguf == run.output_dir / "model-q8_0.gguf" and gguf.with_suffix(".Modelfile").exists()
+    assert "check: tokenizer gives the same ids" in cap.stdout and "ollama create" in cap.stdout
     table = ftkit.compare(["Who are you?"], runs=["tiny", run], max_new_tokens=12)
     assert table.labels == ["base (tiny)", "tuned"] and len(table.answers[0]) == 2
     assert table.answers[0][1] == ftkit.generate(run, "Who are you?", max_new_tokens=12)

@@ -114,6 +114,20 @@ class FtkitMagics(Magics):
         return path
 
     @magic_arguments()
+    @argument("target", help="a run's name, or a run, adapter or model folder")
+    @argument("--out", help="the .gguf file (default: model-QUANT.gguf in the run or model folder)")
+    @argument("--quant", default="f16", help="f16 | bf16 | q8_0 | q4_0 | ... (K-quants: llama.cpp's llama-quantize)")
+    @argument("--debug", action="store_true")
+    @line_magic
+    def export_gguf(self, line):
+        """One GGUF file for llama.cpp, Ollama and LM Studio (a run's adapter merged first), checked by loading it
+        back, with an Ollama Modelfile beside it; returns the file's path."""
+        args = parse_argstring(self.export_gguf, line)
+        target = self._run(args.target)
+        with people_errors(args.debug):
+            return ftkit.export_gguf(getattr(target, "output_dir", target), out=args.out, quant=args.quant)
+
+    @magic_arguments()
     @argument("--run", help="a run's name, a model folder or `tiny` (default: the latest run)")
     @argument("--max_new_tokens", type=int, default=256)
     @argument("--temperature", type=float, default=0.0, help="0 = greedy")
@@ -196,7 +210,7 @@ async def _until_done(run, debug: bool):
         return run.wait()
 
 
-MAGICS = {"cell": ["finetune", "chat"], "line": ["merge", "chat", "ftkit"]}
+MAGICS = {"cell": ["finetune", "chat"], "line": ["merge", "export_gguf", "chat", "ftkit"]}
 
 
 def load(ip) -> None:
