@@ -58,14 +58,16 @@ def model_folder() -> Path:
     return save_random(Qwen2ForCausalLM, config, tok, folder)
 
 
-def save_random(cls, config, tokenizer, folder: Path) -> Path:
-    """A randomly initialised model (seed 0) of `cls` and the tokenizer, written whole or not at all."""
+def save_random(cls, config, tokenizer, folder: Path, dtype: str | None = None, **save) -> Path:
+    """A randomly initialised model (seed 0) of `cls` and the tokenizer, written whole or not at all (in `dtype`,
+    with save_pretrained's `save` options)."""
     import torch
 
     torch.manual_seed(0)
     partial = folder.with_name(folder.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
-    cls(config).save_pretrained(partial)
+    model = cls(config)
+    (model.to(getattr(torch, dtype)) if dtype else model).save_pretrained(partial, **save)
     tokenizer.save_pretrained(partial)
     shutil.rmtree(folder, ignore_errors=True)
     partial.rename(folder)

@@ -92,6 +92,6 @@ def modelfile(gguf: Path, template, add_bos: bool = False, bos: str | None = Non
         if built.default_system:
             lines.append(f'SYSTEM """{built.default_system}"""')
         note = f"TEMPLATE: ftkit's {built.name} template" + (
-            "" if built is template else f" (renders as the tokenizer's own)")
+            "" if built is template else " (renders as the tokenizer's own)")
     lines += [f"PARAMETER stop {_string(s)}" for s in dict.fromkeys(template.stop) if s]
     return "\n".join(lines) + "\n", note

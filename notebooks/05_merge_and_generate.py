@@ -109,4 +109,34 @@ if importlib.util.find_spec("onnxruntime") and importlib.util.find_spec("onnxscr
 else:
     print("onnxruntime/onnxscript not installed: pip install 'ftkit[onnx]'")
 """),
+("markdown", """
+## 6. Export to GGUF for llama.cpp, Ollama, LM Studio / 导出 GGUF（llama.cpp、Ollama、LM Studio）
+
+One call, pure Python (the `gguf` package, llama.cpp's own writer and tensor names): no llama.cpp clone, no
+compiler. A run is merged first. The file is written under a temporary name and kept only once it loads back
+with `transformers` and gives the same token ids and logits (the proof line). Beside it, an Ollama
+`Modelfile`: the run's chat template in Ollama's template language, its stop tokens. `q8_0` halves the size of
+`f16` at a small cost; `q4_0` quarters it. In a notebook: `%export_gguf RUN --quant q8_0`.
+
+一行导出：先合并，再写出 GGUF，并用 transformers 读回校验（同样的 token id 与 logits）；旁边生成 Ollama 的
+`Modelfile`，之后 `ollama create 名字 -f Modelfile` 即可在本机运行。
+"""),
+("code", """
+gguf_file = ftkit.export_gguf(run.output_dir, quant="q8_0")
+modelfile = gguf_file.with_suffix(".Modelfile")
+print(modelfile.read_text())
+assert gguf_file.stat().st_size < 0.6 * (merged / "model.safetensors").stat().st_size
+assert "PARAMETER stop" in modelfile.read_text()
+"""),
+("markdown", """
+On your laptop, with [Ollama](https://ollama.com) installed, the next step is the line the export printed:
+
+```bash
+cd outputs/merge-demo && ollama create merge-demo -f model-q8_0.Modelfile && ollama run merge-demo
+```
+
+LM Studio and llama.cpp (`llama-cli -m model-q8_0.gguf -cnv`) open the `.gguf` file directly; the chat template
+travels inside it. K-quants (`q4_k_m`, ...) cannot be written by the `gguf` package: export `f16` and run
+llama.cpp's `llama-quantize` on it.
+"""),
 ]
