@@ -95,7 +95,7 @@ def preview(dataset, template: str = "auto", model: str = "tiny", n: int = 3, **
     return _preview(dataset, template=template, model=model, n=n, **config)
 
 
-def export_gguf(model, out=None, quant: str = "f16", adapter=None, console: bool = True):
+def export_gguf(model, out=None, quant: str = "q8_0", adapter=None, console: bool = True):
     """One GGUF file for llama.cpp, Ollama and LM Studio (a run or an adapter is merged first), kept only once
     transformers loads it back with the same tokenizer ids and logits; returns its path."""
     from ftkit.gguf_export import export_gguf as _export_gguf

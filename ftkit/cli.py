@@ -291,7 +291,7 @@ def cmd_export_gguf(argv: list[str]) -> int:
     p.add_argument("--model", required=True, help="model folder, or a run (its adapter is merged first)")
     p.add_argument("--adapter", help="a LoRA adapter to merge into --model first")
     p.add_argument("--out", help="the .gguf file (default: model-QUANT.gguf in the run or model folder)")
-    p.add_argument("--quant", default="f16", help=f"{' | '.join(QUANTS)} (K-quants: export f16, then "
+    p.add_argument("--quant", default="q8_0", help=f"{' | '.join(QUANTS)} (K-quants: export f16, then "
                    "llama.cpp's llama-quantize)")
     a = p.parse_args(argv)
     from ftkit.gguf_export import export_gguf

@@ -86,7 +86,7 @@ def check_quant(quant: str) -> None:
 
 
 @quiet()
-def export_gguf(model, out=None, quant: str = "f16", adapter=None, console: bool = True) -> Path:
+def export_gguf(model, out=None, quant: str = "q8_0", adapter=None, console: bool = True) -> Path:
     """Write `model` (a model folder; a run or an adapter is merged first) as a GGUF file, check it, keep it.
 
     The file is written as NAME.partial.gguf; transformers loads it back and its tokenizer must encode the probes
@@ -416,20 +416,26 @@ def _check_tensors(file: Path, quant: str, sources: dict) -> str:
     import gguf
 
     worst, allowed = 0.0, TENSOR_TOLERANCE[quant]
-    reader = gguf.GGUFReader(file)
-    for t in reader.tensors:
-        start, most, largest = 0, 0.0, 0.0
-        for want in _blocks(*sources[t.name]):  # the model's rows, against the same rows of the file
-            rows = t.data if want.ndim == 1 else t.data[start:start + want.shape[0]]
-            got = gguf.quants.dequantize(np.asarray(rows), t.tensor_type).reshape(want.shape)
-            with np.errstate(all="ignore"):  # a corrupted block may hold inf or nan: that is the finding
-                gap = float(np.abs(got - want).max())
-            most, largest = max(most, gap if np.isfinite(gap) else np.inf), max(largest, float(np.abs(want).max()))
-            start += want.shape[0]
-        diff = most / max(1e-6, largest)
-        if diff > allowed or not np.isfinite(diff):
-            raise ModelError(f"{file}: tensor {t.name} differs from the model's by {diff:.3g} of its largest value "
-                             f"(allowed {allowed:g}); nothing was kept")
-        worst = max(worst, diff)
+    reader = gguf.GGUFReader(file)  # for the layout; the data is read block by block, so none stays mapped
+    with open(file, "rb") as fh:
+        for t in reader.tensors:
+            start, most, largest = 0, 0.0, 0.0
+            row_bytes = t.n_bytes // (t.data.shape[0] if t.data.ndim > 1 else 1)
+            for want in _blocks(*sources[t.name]):  # the model's rows, against the same rows of the file
+                n = want.shape[0] if want.ndim > 1 else 1
+                fh.seek(t.data_offset + start * row_bytes)
+                rows = np.frombuffer(fh.read(n * row_bytes), dtype=t.data.dtype)
+                got = gguf.quants.dequantize(rows.reshape(n, -1) if want.ndim > 1 else rows,
+                                             t.tensor_type).reshape(want.shape)
+                with np.errstate(all="ignore"):  # a corrupted block may hold inf or nan: that is the finding
+                    gap = float(np.abs(got - want).max())
+                most = max(most, gap if np.isfinite(gap) else np.inf)
+                largest = max(largest, float(np.abs(want).max()))
+                start += n
+            diff = most / max(1e-6, largest)
+            if diff > allowed or not np.isfinite(diff):
+                raise ModelError(f"{file}: tensor {t.name} differs from the model's by {diff:.3g} of its largest "
+                                 f"value (allowed {allowed:g}); nothing was kept")
+            worst = max(worst, diff)
     return (f"{len(reader.tensors)} tensors within {worst:.2e} of the model's (allowed {allowed:g}; compared tensor by "
             "tensor: the model is too large to run twice in the free memory)")

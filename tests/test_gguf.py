@@ -119,7 +119,7 @@ def test_a_run_is_merged_then_exported(workdir):
 
     run = ftkit.train(base_config(workdir / "run", max_steps=2), console=False)
     out = export_gguf(run.output_dir, console=False)
-    assert out == run.output_dir / "model-f16.gguf" and out.exists()
+    assert out == run.output_dir / "model-q8_0.gguf" and out.exists()
 
 
 def test_the_command(workdir, capsys):
