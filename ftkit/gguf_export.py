@@ -27,13 +27,14 @@ class Arch:
     gguf_name: str              # gguf.MODEL_ARCH member name
     permute_qk: bool = False    # llama.cpp's LLaMA rope wants q/k rows interleaved per head (NEOX-style models do not)
     norm_shift: float = 0.0     # added to every norm weight (Gemma's models scale by 1 + w, llama.cpp by w)
+    readable: bool = True       # transformers reads this architecture's GGUF files back (the logits check)
 
 
 ARCHS = {"llama": Arch("LLAMA", permute_qk=True), "mistral": Arch("LLAMA", permute_qk=True), "qwen2": Arch("QWEN2"),
-         "qwen3": Arch("QWEN3"), "gemma2": Arch("GEMMA2", norm_shift=1.0), "gemma3_text": Arch("GEMMA3", norm_shift=1.0),
+         "qwen3": Arch("QWEN3"), "gemma": Arch("GEMMA", norm_shift=1.0, readable=False),
+         "gemma2": Arch("GEMMA2", norm_shift=1.0), "gemma3_text": Arch("GEMMA3", norm_shift=1.0),
          "phi3": Arch("PHI3")}
-REFUSED = {"gemma": "Gemma 1: transformers cannot read its GGUF back, so the file could not be checked",
-           "gemma3": "Gemma 3 with its vision tower: export the language model alone (model_type gemma3_text)"}
+REFUSED = {"gemma3": "Gemma 3 with its vision tower: export the language model alone (model_type gemma3_text)"}
 QUANTS = ("f32", "f16", "bf16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0")  # what the gguf package can write
 UNWRITABLE = ("q2_k", "q3_k", "q4_k", "q4_k_m", "q4_k_s", "q5_k", "q5_k_m", "q6_k")  # it reads them, cannot write them
 # the check of a written file: logits of the file (loaded back by transformers) against the model's, as a share of
@@ -366,6 +367,9 @@ def verify(folder: Path, file: Path, quant: str, sources: dict | None = None) ->
         texts += [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
                                                 add_generation_prompt=True) for p in PROBES]
     f32_bytes = 4 * sum(int(np.prod(_shape(f, k))) for f, k, *_ in (sources or {}).values())
+    if sources and not ARCHS[read_config(folder)["model_type"]].readable:
+        return _check_vocabulary(file, tokenizer) + "; " + _check_tensors(file, quant, sources, "transformers "
+                                                                          "cannot read this architecture back")
     try:
         read = AutoTokenizer.from_pretrained(file.parent, gguf_file=file.name)
         for text in texts:
@@ -375,7 +379,8 @@ def verify(folder: Path, file: Path, quant: str, sources: dict | None = None) ->
                 raise ModelError(f"{file}: its tokenizer encodes {text[:40]!r} as {got[:12]} where the model's gives "
                                  f"{want[:12]}; nothing was kept")
         if sources and 3 * f32_bytes > available("cpu"):  # measured: 2.8x at 0.5B (bench/gguf_export.py)
-            return f"tokenizer gives the same ids on {len(texts)} probes; " + _check_tensors(file, quant, sources)
+            return f"tokenizer gives the same ids on {len(texts)} probes; " + _check_tensors(
+                file, quant, sources, "the model is too large to run twice in the free memory")
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
         back = AutoModelForCausalLM.from_pretrained(file.parent, gguf_file=file.name, dtype=torch.float32).eval()
     except ModelError:
@@ -410,7 +415,22 @@ def _shape(file: Path, key: str) -> list[int]:
         return f.get_slice(key).get_shape()
 
 
-def _check_tensors(file: Path, quant: str, sources: dict) -> str:
+def _check_vocabulary(file: Path, tokenizer) -> str:
+    """The file's token list against the tokenizer's, id by id (where the file cannot be read back as a
+    tokenizer)."""
+    import gguf
+
+    field = gguf.GGUFReader(file).fields["tokenizer.ggml.tokens"]
+    written = [bytes(field.parts[i]).decode("utf-8") for i in field.data]
+    want = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+    wrong = next((i for i, (a, b) in enumerate(zip(written, want)) if a != b), None)
+    if wrong is not None or len(written) < len(want):
+        at = wrong if wrong is not None else len(written)
+        raise ModelError(f"{file}: its vocabulary differs from the tokenizer's at id {at}; nothing was kept")
+    return f"its {len(want):,} tokens are the tokenizer's, id by id"
+
+
+def _check_tensors(file: Path, quant: str, sources: dict, why: str) -> str:
     """Every tensor of the file (memory-mapped, dequantized one at a time) against the model's, within
     TENSOR_TOLERANCE[quant] of its largest value."""
     import gguf
@@ -438,4 +458,4 @@ def _check_tensors(file: Path, quant: str, sources: dict) -> str:
                                  f"value (allowed {allowed:g}); nothing was kept")
             worst = max(worst, diff)
     return (f"{len(reader.tensors)} tensors within {worst:.2e} of the model's (allowed {allowed:g}; compared tensor by "
-            "tensor: the model is too large to run twice in the free memory)")
+            f"tensor: {why})")

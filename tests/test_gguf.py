@@ -147,8 +147,10 @@ def test_unsupported_requests_are_refused_by_name(workdir, tiny_tokenizer):
     folder = build("gpt2", workdir / "gpt2", tiny_tokenizer)
     with pytest.raises(ModelError, match="model_type 'gpt2' cannot be exported to GGUF yet"):
         export_gguf(str(folder), workdir / "g.gguf")
-    folder = build("gemma", workdir / "gemma", tiny_tokenizer)
-    with pytest.raises(ModelError, match="Gemma 1: transformers cannot read its GGUF back"):
+    folder = workdir / "gemma3"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"model_type": "gemma3", "text_config": {}}')
+    with pytest.raises(ModelError, match="Gemma 3 with its vision tower"):
         export_gguf(str(folder), workdir / "g.gguf")
 
 
