@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -226,25 +227,59 @@ LLAMA_CPP_CMAKE = ("-DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAM
                    "-DLLAMA_BUILD_SERVER=OFF")
 
 
+def _building(lock: Path) -> bool:
+    """Whether the process named in `lock` is alive (building the wheel)."""
+    try:
+        os.kill(int(lock.read_text()), 0)
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+def llama_cpp_wheel() -> Path | str:
+    """llama-cpp-python's wheel in the cache, compiled from its sdist when none is there (CMAKE_BUILD_PARALLEL_LEVEL
+    cores, default all); or a line saying why there is none. A build another process is running (.ci/run starts one
+    beside the tests, on the core one-thread tests leave idle) is waited for, not repeated."""
+    wheels = cache() / "wheels"
+    wheels.mkdir(parents=True, exist_ok=True)
+    lock, waited = wheels / "building", time.time()
+    while (wheel := next(wheels.glob("llama_cpp_python-*.whl"), None)) is None and _building(lock) and \
+            time.time() - waited < 3600:
+        time.sleep(5)
+    if wheel is not None:
+        return wheel
+    lock.write_text(str(os.getpid()))
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            p = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+                                LLAMA_CPP_PYTHON, "-d", tmp], capture_output=True, text=True, timeout=900)
+            sdist = next(Path(tmp).glob("*.tar.gz"), None)
+            if p.returncode or sdist is None:
+                return f"pip could not download {LLAMA_CPP_PYTHON}: {(p.stderr.strip().splitlines() or ['?'])[-1]}"
+            cores = os.environ.get("CMAKE_BUILD_PARALLEL_LEVEL") or str(os.cpu_count() or 2)
+            env = {**os.environ, "CMAKE_ARGS": LLAMA_CPP_CMAKE, "CMAKE_BUILD_PARALLEL_LEVEL": cores}
+            p = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-w", tmp, str(sdist)],
+                               capture_output=True, text=True, timeout=3600, env=env)
+            built = next(Path(tmp).glob("llama_cpp_python-*.whl"), None)
+            if p.returncode or built is None:
+                return f"llama-cpp-python did not build: {(p.stderr or p.stdout).strip()[-2000:]}"
+            partial = wheels / (built.name + ".partial")
+            shutil.copy(built, partial)
+            os.replace(partial, wheels / built.name)
+            return wheels / built.name
+    finally:
+        lock.unlink(missing_ok=True)
+
+
 def llama_cpp_python() -> Path:
     """A folder holding the built llama_cpp package (and diskcache, which it imports): run Python with it on
     PYTHONPATH. The wheel is kept in the cache too, so a new folder installs without compiling."""
     dest = cache() / (LLAMA_CPP_PYTHON.replace("==", "-") + "-site")
     if (dest / "complete").exists():
         return dest
-    wheels = cache() / "wheels"
-    wheel = next(wheels.glob("llama_cpp_python-*.whl"), None)
-    if wheel is None:
-        with tempfile.TemporaryDirectory() as tmp:
-            sdist = _sdist(LLAMA_CPP_PYTHON, tmp)
-            env = {**os.environ, "CMAKE_ARGS": LLAMA_CPP_CMAKE, "CMAKE_BUILD_PARALLEL_LEVEL": str(os.cpu_count() or 2)}
-            p = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-w", tmp, str(sdist)],
-                               capture_output=True, text=True, timeout=1800, env=env)
-            built = next(Path(tmp).glob("llama_cpp_python-*.whl"), None)
-            if p.returncode or built is None:
-                pytest.fail(f"llama-cpp-python did not build: {(p.stderr or p.stdout).strip()[-2000:]}")
-            wheels.mkdir(parents=True, exist_ok=True)
-            wheel = Path(shutil.copy(built, wheels))
+    wheel = llama_cpp_wheel()
+    if isinstance(wheel, str):
+        pytest.fail(wheel)
     partial = dest.with_name(dest.name + f".partial-{os.getpid()}")
     shutil.rmtree(partial, ignore_errors=True)
     p = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(partial), str(wheel),
@@ -255,3 +290,9 @@ def llama_cpp_python() -> Path:
     shutil.rmtree(dest, ignore_errors=True)
     os.replace(partial, dest)
     return dest
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["llama-cpp-wheel"]:  # .ci/run: build it beside the tests
+    started = time.time()
+    result = llama_cpp_wheel()
+    print(f"llama-cpp-python: {result} after {time.time() - started:.0f} s", flush=True)
