@@ -29,6 +29,7 @@ TRL_STAGES = (*PREFERENCE_STAGES, "grpo")  # trained by TRL's trainers
 PREF_LOSSES = ("sigmoid", "hinge", "ipo", "orpo", "simpo")  # DPO's (TRL's DPOTrainer), ORPO's, SimPO's (CPOTrainer)
 ADAPTERS = ("lora", "oft")  # methods that train and save a peft adapter beside the frozen base
 MIX_STRATEGIES = ("concat", "interleave_under", "interleave_over")
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 FLASH_ATTN = ("auto", "fa2", "sdpa", "eager")
 LORA_INITS = ("gaussian", "pissa", "olora", "corda", "eva", "orthogonal")
 
@@ -152,6 +153,9 @@ class RunConfig:
     max_grad_norm: float = _f(1.0, "Clip gradients to this norm.")
     lr_scheduler_type: str = _f("cosine", "Learning-rate schedule: linear | cosine | constant | ... (transformers names).")
     warmup_ratio: float = _f(0.0, "Share of steps with linear warmup.")
+    precision: str = _f("auto", "Mixed precision: auto (bf16 on GPUs that have it, fp16 with loss scaling on those "
+                                "that do not, as a T4 or V100; fp32 on a CPU) | bf16 | fp16 | fp32. The bf16 and fp16 "
+                                "keys (LLaMA-Factory's) choose it too.")
     fp16: bool = _f(False, "fp16 mixed precision (CUDA only).")
     bf16: bool = _f(False, "bf16 mixed precision (Ampere or newer GPU).")
     pure_bf16: bool = _f(False, "Train in bf16 throughout: weights, gradients and optimizer state, no fp32 master "
@@ -259,6 +263,12 @@ class RunConfig:
             p.append(f"flash_attn: {self.flash_attn!r} is not one of {', '.join(FLASH_ATTN)}")
         if self.fp16 and (self.bf16 or self.pure_bf16):
             p.append(f"fp16 and {'bf16' if self.bf16 else 'pure_bf16'}: choose one mixed precision")
+        if self.precision not in PRECISIONS:
+            p.append(f"precision: {self.precision!r} is not one of {', '.join(PRECISIONS)}")
+        else:
+            asked = [k for k in ("bf16", "fp16", "pure_bf16") if getattr(self, k)]
+            if asked and self.precision not in ("auto", asked[0].replace("pure_", "")):
+                p.append(f"precision: {self.precision} and {asked[0]}: true ask for different precisions; keep one")
         for key in ("per_device_train_batch_size", "gradient_accumulation_steps", "cutoff_len",
                     "logging_steps", "save_steps", "lora_rank", "preview_steps", "preview_max_new_tokens"):
             if getattr(self, key) is not None and getattr(self, key) < 1:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 from ftkit.errors import ConfigError, ModelError
@@ -80,6 +81,25 @@ def device() -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@dataclass(frozen=True)
+class Gpu:
+    name: str
+    capability: tuple[int, int]  # CUDA compute capability: bf16 from 8.0 (Ampere) on
+
+    @property
+    def bf16(self) -> bool:
+        return self.capability >= (8, 0)
+
+
+def gpu() -> Gpu | None:
+    """The GPU a run trains on (the first CUDA device), or None on a CPU."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    return Gpu(torch.cuda.get_device_name(0), tuple(torch.cuda.get_device_capability(0)))
 
 
 def compute_dtype(cfg):

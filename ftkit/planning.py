@@ -68,6 +68,8 @@ def plan(config) -> Plan:
     check_run(cfg)
     from ftkit import data, memory, model as M, templates
 
+    cfg = with_precision(cfg, M.gpu())
+
     model_path = M.resolve(cfg.model_name_or_path)
     tokenizer = M.load_tokenizer(model_path, cfg.tokenizer_name_or_path, cfg.trust_remote_code, cfg.added_tokens)
     template = templates.get_template(cfg.template, tokenizer, M.model_type(model_path), cfg.enable_thinking)
@@ -126,6 +128,15 @@ def plan(config) -> Plan:
         max_steps = math.ceil(math.ceil(per_epoch / cfg.gradient_accumulation_steps) * cfg.num_train_epochs)
     args = training_arguments(cfg, max_steps, evaluate=bool(prepared.eval))
     return Plan(cfg, model_path, tokenizer, template, prepared, counts, max_steps, estimate, budget, args, note)
+
+
+def with_precision(cfg: RunConfig, gpu) -> RunConfig:
+    """The config with its precision decided for the device: `precision: auto` trains in bf16 on a GPU that has
+    it, in fp16 (with loss scaling) on one that does not (T4, V100), in fp32 on a CPU; an explicit choice (the
+    precision key, or LLaMA-Factory's bf16/fp16) stands as it is."""
+    if cfg.precision == "auto" and not (cfg.bf16 or cfg.fp16 or cfg.pure_bf16):
+        return dataclasses.replace(cfg, bf16=bool(gpu and gpu.bf16), fp16=bool(gpu and not gpu.bf16))
+    return dataclasses.replace(cfg, bf16=cfg.bf16 or cfg.precision == "bf16", fp16=cfg.fp16 or cfg.precision == "fp16")
 
 
 def load_config(source, overrides=None) -> RunConfig:
@@ -207,8 +218,13 @@ def check_run(cfg: RunConfig) -> None:
     if code:
         problems.append(f"model_name_or_path: {cfg.model_name_or_path} ships its own code ({code}), "
                         + M.REMOTE_CODE_ADVICE)
-    if cfg.fp16 and M.device() == "cpu":
+    gpu = M.gpu()
+    if (cfg.fp16 or cfg.precision == "fp16") and gpu is None:
         problems.append("fp16: needs a CUDA GPU and none is present; remove it to train in fp32 on this CPU")
+    if (cfg.bf16 or cfg.pure_bf16 or cfg.precision == "bf16") and gpu is not None and not gpu.bf16:
+        problems.append(f"bf16: the {gpu.name} (compute capability {gpu.capability[0]}.{gpu.capability[1]}) has no "
+                        "bf16 (it needs 8.0, Ampere or newer); set fp16: true instead, or leave precision to auto, "
+                        "which trains in fp16 with loss scaling on this GPU")
     out = cfg.run_dir
     if cfg.resume_from_checkpoint is True and not list(out.glob("checkpoint-*")):
         problems.append(f"resume_from_checkpoint: {out} has no checkpoint-N folder to resume from; "
