@@ -94,11 +94,26 @@ class Gpu:
 
 
 def gpu() -> Gpu | None:
-    """The GPU a run trains on (the first CUDA device), or None on a CPU."""
+    """The GPU a run trains on (the first visible CUDA device), or None on a CPU. Asked of nvidia-smi while this
+    process has not initialised CUDA, so planning in a notebook's kernel leaves it uninitialised (a forked or
+    launched run can still use the GPUs); torch's answer otherwise."""
+    import shutil
+    import subprocess
+
     import torch
 
     if not torch.cuda.is_available():
         return None
+    smi = shutil.which("nvidia-smi")
+    if smi and not torch.cuda.is_initialized():
+        visible = (os.environ.get("CUDA_VISIBLE_DEVICES") or "0").split(",")[0].strip() or "0"
+        try:
+            line = subprocess.run([smi, "--query-gpu=name,compute_cap", "--format=csv,noheader", "-i", visible],
+                                  capture_output=True, text=True, timeout=30).stdout.strip().splitlines()[0]
+            name, cap = (part.strip() for part in line.rsplit(",", 1))
+            return Gpu(name, tuple(int(x) for x in cap.split(".")))
+        except (OSError, IndexError, ValueError, subprocess.SubprocessError):
+            pass  # an older driver without compute_cap: torch's answer
     return Gpu(torch.cuda.get_device_name(0), tuple(torch.cuda.get_device_capability(0)))
 
 

@@ -58,3 +58,18 @@ def test_the_memory_estimate_follows_the_precision_picked(workdir):
     t4 = memory.estimate(on_t4, M.skeleton(on_t4, p.model_path, p.tokenizer).config, p.counts, 4, 64)
     assert p.config.bf16 is False and p.config.fp16 is False and on_t4.fp16 is True
     assert t4.weights < 0.6 * cpu.weights
+
+
+def test_the_gpu_is_asked_of_nvidia_smi_so_planning_leaves_cuda_uninitialised(tmp_path, monkeypatch):
+    """In a notebook's kernel CUDA must stay uninitialised (notebook_launcher and --nproc fork or launch the run):
+    the GPU's name and capability come from nvidia-smi, never from torch.cuda's device queries."""
+    import torch
+
+    smi = tmp_path / "nvidia-smi"
+    smi.write_text("#!/bin/sh\necho 'Tesla T4, 7.5'\n")
+    smi.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{__import__('os').environ['PATH']}")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: pytest.fail("CUDA queried through torch"))
+    assert M.gpu() == T4
