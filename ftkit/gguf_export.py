@@ -208,6 +208,9 @@ def write(folder: Path, out: Path, quant: str) -> tuple[bool, dict]:
                     writer.add_tensor_info(found[1], (*shape[:-1], row.shape[-1]), row.dtype, nbytes, raw_dtype=qtype)
                     plan.append((file, key, qtype, nbytes))
                     sources[found[1]] = (file, key)
+        from ftkit.memory import check_room
+
+        check_room("the GGUF file", 0, sum(n for *_, n in plan), out.parent, "")
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()

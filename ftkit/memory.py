@@ -107,3 +107,46 @@ def available(device: str) -> int:
     import psutil
 
     return psutil.virtual_memory().available
+
+
+def weight_count(model_path) -> int:
+    """How many numbers a model folder's safetensors weights hold, read from their headers (no weights load)."""
+    import math
+    from pathlib import Path
+
+    from safetensors import safe_open
+
+    total = 0
+    for file in Path(model_path).glob("*.safetensors"):
+        with safe_open(str(file), framework="pt") as f:
+            for key in f.keys():
+                shape = f.get_slice(key).get_shape()
+                total += math.prod(shape)
+    return total
+
+
+def free_disk(path) -> int:
+    """Bytes free on the filesystem that holds `path` (or the nearest folder of it that exists)."""
+    import shutil
+    from pathlib import Path
+
+    p = Path(path).resolve()
+    while not p.exists():
+        p = p.parent
+    return shutil.disk_usage(p).free
+
+
+def check_room(what: str, ram: int, disk: int, where, advice: str) -> None:
+    """Refuse, with the numbers, work that needs more RAM or disk than is free; nothing is started."""
+    from ftkit.errors import ModelError
+
+    free_ram, free = available("cpu"), free_disk(where)
+    if ram > free_ram:
+        raise ModelError(f"{what} needs ~{_size(ram)} of RAM, {_size(free_ram)} free: {advice}")
+    if disk > free:
+        raise ModelError(f"{what} needs ~{_size(disk)} of disk at {where}, {_size(free)} free: free some space or "
+                         "write elsewhere")
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**30:.1f} GB" if n >= 2**30 else f"{n / 2**20:.0f} MB"

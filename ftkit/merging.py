@@ -50,6 +50,11 @@ def merge(adapter_dir: str | Path | list | None, out: str | Path | None = None, 
     use_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported() and cfg is not None and cfg.bf16
     dtype = torch.bfloat16 if use_bf16 else torch.float32
     tolerance = tolerance if tolerance is not None else (2e-2 if use_bf16 else 1e-4)
+    from ftkit.memory import check_room, weight_count
+
+    size = weight_count(base_path) * (2 if use_bf16 else 4)  # the model as merged and as written
+    check_room("merging", int(size * MERGE_RAM) + 2**29, size, out.parent,
+               "merge on a machine with more memory, or keep the adapter (small) and merge later")
 
     tokenizer = M.load_tokenizer(str(adapter))  # the adapter folder carries the run's tokenizer + template
     template = templates.get_template(template or (cfg.template if cfg else "auto"), tokenizer,
@@ -90,6 +95,10 @@ def merge(adapter_dir: str | Path | list | None, out: str | Path | None = None, 
               f"  check: max |logit difference| on a probe batch = {max(diffs):.2e} (allowed {tolerance:.0e} x scale)"
               + (f"\n  {template_note}" if template_note else ""))
     return out
+
+
+MERGE_RAM = 1.25  # peak RAM of a merge per byte of the model in its dtype: the model, the probe's activations,
+# save_pretrained's buffers (plus 0.5 GB for the libraries)
 
 
 def _save(model, tokenizer, template, cfg, out: Path, shard_size_gb: float | None, own) -> str | None:

@@ -176,3 +176,12 @@ def test_a_model_too_large_to_run_twice_is_checked_tensor_by_tensor(workdir, mon
     with pytest.raises(ModelError, match="tensor .* differs from the model's"):
         export_gguf("tiny", workdir / "bad.gguf", "f16", console=False)
     assert not (workdir / "bad.gguf").exists()
+
+
+def test_too_little_disk_is_refused_with_the_numbers_before_writing(workdir, monkeypatch):
+    import ftkit.memory
+
+    monkeypatch.setattr(ftkit.memory, "free_disk", lambda path: 1_000_000)
+    with pytest.raises(ModelError, match=r"the GGUF file needs ~7 MB of disk at .*, 1 MB free"):
+        export_gguf("tiny", workdir / "t.gguf", "f16", console=False)
+    assert not list(workdir.glob("*.gguf"))

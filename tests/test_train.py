@@ -512,3 +512,21 @@ def test_saved_and_merged_models_keep_the_official_template_unless_trained_on_an
     merged = ftkit.merge(run.adapter_dir)
     assert "ftkit's qwen written over the tokenizer's own" in capsys.readouterr().out
     assert AutoTokenizer.from_pretrained(merged).chat_template == saved
+
+
+def test_merge_refuses_with_numbers_when_ram_or_disk_is_short(workdir, monkeypatch):
+    """Checked before the base loads: what merging needs (the model in its dtype, with room to save it) against
+    the free RAM and disk, faked small here; nothing is written."""
+    import ftkit.memory
+    from ftkit.errors import ModelError
+
+    run = ftkit.train(base_config(workdir / "m", max_steps=1), console=False)
+    monkeypatch.setattr(ftkit.memory, "available", lambda device: 300 * 2**20)
+    with pytest.raises(ModelError, match=r"merging needs ~5\d\d MB of RAM, 300 MB free: merge on a machine with more "
+                                         r"memory, or keep the adapter \(small\) and merge later"):
+        ftkit.merge(run.adapter_dir, console=False)
+    monkeypatch.setattr(ftkit.memory, "available", lambda device: 2**40)
+    monkeypatch.setattr(ftkit.memory, "free_disk", lambda path: 2**20)
+    with pytest.raises(ModelError, match=r"merging needs ~\d+ MB of disk at .*m, 1 MB free"):
+        ftkit.merge(run.adapter_dir, console=False)
+    assert not (workdir / "m" / "merged").exists()
