@@ -98,7 +98,8 @@ def merge(adapter_dir: str | Path | list | None, out: str | Path | None = None, 
 
 
 MERGE_RAM = 1.25  # peak RAM of a merge per byte of the model in its dtype: the model, the probe's activations,
-# save_pretrained's buffers (plus 0.5 GB for the libraries)
+# save_pretrained's buffers (plus 0.5 GB for the libraries); measured 1.20x above a 395 MiB import floor on a 110M
+# model in f32 (bench/merge_memory.py, bench/results/merge-memory-20261202-0454.json)
 
 
 def _save(model, tokenizer, template, cfg, out: Path, shard_size_gb: float | None, own) -> str | None:
