@@ -120,6 +120,11 @@ def test_a_run_is_merged_then_exported(workdir):
     run = ftkit.train(base_config(workdir / "run", max_steps=2), console=False)
     out = export_gguf(run.output_dir, console=False)
     assert out == run.output_dir / "model-q8_0.gguf" and out.exists()
+    import gguf  # the chat template travels inside the file (llama.cpp and LM Studio read it there)
+    from ftkit.generation import load
+
+    written = gguf.GGUFReader(out).fields["tokenizer.chat_template"].contents()
+    assert written == load(str(run.output_dir))[1].chat_template
 
 
 def test_the_command(workdir, capsys):
