@@ -105,8 +105,11 @@ def export_gguf(model, out=None, quant: str = "q8_0", adapter=None, console: boo
         from ftkit.model import resolve
 
         folder = Path(resolve(str(folder), key="model"))
-        out = Path(out) if out else Path(adapters.split(",")[-1]).parent / f"model-{quant}.gguf" if adapters else \
-            folder / f"model-{quant}.gguf"
+        if out is None:  # beside the run, or the model folder given; a model given by name (tiny, a hub id): outputs/
+            out = Path(adapters.split(",")[-1]).parent / f"model-{quant}.gguf" if adapters else \
+                folder / f"model-{quant}.gguf" if Path(str(model)).is_dir() else \
+                Path("outputs") / f"{folder.name}-{quant}.gguf"
+        out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_name(out.stem + ".partial.gguf")
         try:

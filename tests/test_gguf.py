@@ -127,6 +127,11 @@ def test_a_run_is_merged_then_exported(workdir):
     assert written == load(str(run.output_dir))[1].chat_template
 
 
+def test_a_model_named_not_given_as_a_folder_is_exported_under_outputs(workdir):
+    assert export_gguf("tiny", console=False) == Path("outputs") / "tiny-q8_0.gguf"
+    assert (workdir / "outputs" / "tiny-q8_0.gguf").exists() and (workdir / "outputs" / "tiny-q8_0.Modelfile").exists()
+
+
 def test_the_command(workdir, capsys):
     from ftkit.cli import main
 
