@@ -43,7 +43,8 @@ def main() -> None:
     per_byte = (merge["peak_rss_mib"] - floor["peak_rss_mib"]) / size
     line = (f"merge of a LoRA run on a {size:,.0f} MiB (f32) model: peak {merge['peak_rss_mib']:,.0f} MiB, "
             f"{merge['peak_rss_mib'] - floor['peak_rss_mib']:,.0f} MiB above the {floor['peak_rss_mib']:,.0f} MiB "
-            f"import floor = {per_byte:.2f}x the model (merging.MERGE_RAM assumes {MERGE_RAM}x), {merge['wall_s']:.1f} s")
+            f"import floor = {per_byte:.2f}x the model (merging.MERGE_RAM assumes {MERGE_RAM}x), "
+            f"{merge['wall_s']:.1f} s")
     print(line)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M")
     path = BENCH / "results" / f"merge-memory-{stamp}.json"

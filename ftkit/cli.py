@@ -290,8 +290,8 @@ def cmd_export_gguf(argv: list[str]) -> int:
                                 "Ollama, LM Studio), checked by loading it back.")
     p.add_argument("--model", required=True, help="model folder, or a run (its adapter is merged first)")
     p.add_argument("--adapter", help="a LoRA adapter to merge into --model first")
-    p.add_argument("--out", help="the .gguf file (default: model-QUANT.gguf in the run or model folder; outputs/NAME-QUANT.gguf "
-                   "for a model given by name)")
+    p.add_argument("--out", help="the .gguf file (default: model-QUANT.gguf in the run or model "
+                   "folder; outputs/NAME-QUANT.gguf for a model given by name)")
     p.add_argument("--quant", default="q8_0", help=f"{' | '.join(QUANTS)} (K-quants: export f16, then "
                    "llama.cpp's llama-quantize)")
     a = p.parse_args(argv)

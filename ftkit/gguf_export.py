@@ -348,7 +348,8 @@ def _pre_tokenizer(folder: Path) -> str:
     except ImportError:
         return "default"
     pre = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8")).get("pre_tokenizer") or {}
-    regexes = {p.get("pattern", {}).get("Regex") for p in [pre, *pre.get("pretokenizers", [])] if p.get("type") == "Split"}
+    regexes = {p.get("pattern", {}).get("Regex") for p in [pre, *pre.get("pretokenizers", [])]
+               if p.get("type") == "Split"}
     named = [n for n in PRE_NAMES if splits.get(n) in regexes] + [n for n, r in splits.items() if r in regexes]
     return named[0] if named else "default"
 

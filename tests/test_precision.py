@@ -9,7 +9,8 @@ from ftkit.config import RunConfig
 from ftkit.errors import ConfigError
 from ftkit.planning import with_precision
 
-T4, V100, A100 = M.Gpu("Tesla T4", (7, 5)), M.Gpu("Tesla V100-SXM2-16GB", (7, 0)), M.Gpu("NVIDIA A100-SXM4-40GB", (8, 0))
+T4, V100 = M.Gpu("Tesla T4", (7, 5)), M.Gpu("Tesla V100-SXM2-16GB", (7, 0))
+A100 = M.Gpu("NVIDIA A100-SXM4-40GB", (8, 0))
 
 
 def precision(cfg: RunConfig, gpu) -> str:

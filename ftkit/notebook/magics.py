@@ -115,8 +115,8 @@ class FtkitMagics(Magics):
 
     @magic_arguments()
     @argument("target", help="a run's name, or a run, adapter or model folder")
-    @argument("--out", help="the .gguf file (default: model-QUANT.gguf in the run or model folder; outputs/NAME-QUANT.gguf "
-                   "for a model given by name)")
+    @argument("--out", help="the .gguf file (default: model-QUANT.gguf in the run or model "
+                   "folder; outputs/NAME-QUANT.gguf for a model given by name)")
     @argument("--quant", default="q8_0", help="q8_0 | f16 | bf16 | q4_0 | ... (K-quants: llama.cpp's llama-quantize)")
     @argument("--debug", action="store_true")
     @line_magic
