@@ -218,7 +218,8 @@ def check_run(cfg: RunConfig) -> None:
     if code:
         problems.append(f"model_name_or_path: {cfg.model_name_or_path} ships its own code ({code}), "
                         + M.REMOTE_CODE_ADVICE)
-    gpu = M.gpu()
+    asked = cfg.fp16 or cfg.bf16 or cfg.pure_bf16 or cfg.precision in ("fp16", "bf16")
+    gpu = M.gpu() if asked else None  # (not otherwise: a config checked in a notebook's kernel leaves torch out)
     if (cfg.fp16 or cfg.precision == "fp16") and gpu is None:
         problems.append("fp16: needs a CUDA GPU and none is present; remove it to train in fp32 on this CPU")
     if (cfg.bf16 or cfg.pure_bf16 or cfg.precision == "bf16") and gpu is not None and not gpu.bf16:
