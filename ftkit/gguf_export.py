@@ -197,7 +197,7 @@ def write(folder: Path, out: Path, quant: str) -> tuple[bool, dict]:
     try:
         # streamed: every tensor's name, shape and type first (from the safetensors headers), then the data one
         # block of rows at a time, so memory holds a block (as f32 and quantized), never a whole tensor or model
-        plan, sources = [], {}
+        plan = []  # (llama.cpp's name, file, key, type, bytes) per tensor, in the file's order
         for file in files:
             with safe_open(str(file), framework="pt") as f:
                 for key in f.keys():
@@ -209,8 +209,7 @@ def write(folder: Path, out: Path, quant: str) -> tuple[bool, dict]:
                     row = gguf.quants.quantize(np.zeros((1, shape[-1]), np.float32), qtype)  # the type's layout
                     nbytes = int(np.prod(shape[:-1], dtype=np.int64)) * row.nbytes
                     writer.add_tensor_info(found[1], (*shape[:-1], row.shape[-1]), row.dtype, nbytes, raw_dtype=qtype)
-                    plan.append((file, key, qtype, nbytes))
-                    sources[found[1]] = (file, key)
+                    plan.append((found[1], file, key, qtype, nbytes))
         from ftkit.memory import check_room
 
         check_room("the GGUF file", 0, sum(n for *_, n in plan), out.parent, "")
@@ -223,7 +222,7 @@ def write(folder: Path, out: Path, quant: str) -> tuple[bool, dict]:
     # the data section, as GGUF lays it out: each tensor's bytes at an offset aligned to general.alignment, in the
     # order of the infos above (what GGUFWriter.write_tensor_data does with a whole tensor, here block by block)
     with open(out, "ab") as fout:
-        for file, key, qtype, nbytes in plan:
+        for _, file, key, qtype, nbytes in plan:
             fout.write(bytes(gguf.GGUFWriter.ggml_pad(fout.tell(), align) - fout.tell()))
             written = 0
             for block in _blocks(file, key, arch, heads, kv_heads):
@@ -233,7 +232,7 @@ def write(folder: Path, out: Path, quant: str) -> tuple[bool, dict]:
             if written != nbytes:
                 raise ModelError(f"{file.name}: tensor {key} gave {written} bytes where {nbytes} were planned")
         fout.write(bytes(gguf.GGUFWriter.ggml_pad(fout.tell(), align) - fout.tell()))
-    return add_bos, {name: (file, key, arch, heads, kv_heads) for name, (file, key) in sources.items()}
+    return add_bos, {name: (file, key, arch, heads, kv_heads) for name, file, key, *_ in plan}
 
 
 BLOCK_BYTES = 64 * 2**20  # of f32 rows converted and quantized at once
@@ -294,10 +293,11 @@ def _add_tokenizer(writer, folder: Path, n_vocab: int) -> bool:
     else:
         raise ModelError(f"{folder}: its tokenizer is neither SentencePiece nor BPE (tokenizer.json), which is what "
                          "llama.cpp reads")
-    listed = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8")).get("added_tokens", []) \
-        if (folder / "tokenizer.json").exists() else []
-    special = {t["id"]: gguf.TokenType.CONTROL if t.get("special") else gguf.TokenType.USER_DEFINED for t in listed}
-    ranks = _merge_ranks(folder) if isinstance(vocab, LlamaHfVocab) else {}
+    spec = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8")) \
+        if (folder / "tokenizer.json").exists() else {}
+    special = {t["id"]: gguf.TokenType.CONTROL if t.get("special") else gguf.TokenType.USER_DEFINED
+               for t in spec.get("added_tokens", [])}
+    ranks = _merge_ranks(spec["model"]) if isinstance(vocab, LlamaHfVocab) else {}
     tokens, scores, types = [], [], []
     for i, (text, score, kind) in enumerate(vocab.all_tokens()):
         tokens.append(text if isinstance(text, bytes) else text.encode())
@@ -312,7 +312,7 @@ def _add_tokenizer(writer, folder: Path, n_vocab: int) -> bool:
         types.append(gguf.TokenType.UNUSED)
     writer.add_tokenizer_model(model)
     if model == "gpt2":
-        writer.add_tokenizer_pre(_pre_tokenizer(folder))
+        writer.add_tokenizer_pre(_pre_tokenizer(spec.get("pre_tokenizer") or {}))
     else:
         writer.add_token_scores(scores)
     writer.add_token_list(tokens)
@@ -322,11 +322,8 @@ def _add_tokenizer(writer, folder: Path, n_vocab: int) -> bool:
     return bool(ids.add_special_token.get("bos"))
 
 
-def _merge_ranks(folder: Path) -> dict[int, int]:
-    """Token id -> the rank of the merge in tokenizer.json that makes it (the first, where several do)."""
-    import json
-
-    model = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))["model"]
+def _merge_ranks(model: dict) -> dict[int, int]:
+    """Token id -> the rank of the merge in tokenizer.json's model that makes it (the first, where several do)."""
     ranks: dict[int, int] = {}
     for rank, merge in enumerate(model.get("merges", [])):
         left, right = merge.split(" ", 1) if isinstance(merge, str) else merge
@@ -338,16 +335,14 @@ def _merge_ranks(folder: Path) -> dict[int, int]:
 PRE_NAMES = ("llama-bpe", "qwen2", "qwen35", "tekken", "gpt-4o")  # llama.cpp's names for the splits it knows
 
 
-def _pre_tokenizer(folder: Path) -> str:
-    """llama.cpp's name for how a byte-level BPE tokenizer splits text before merging (its regex), found among the
-    splits transformers' GGUF reader knows by those names; "default" (GPT-2's) otherwise."""
-    import json
-
+def _pre_tokenizer(pre: dict) -> str:
+    """llama.cpp's name for how a byte-level BPE tokenizer splits text before merging (the regex of tokenizer.json's
+    pre_tokenizer), found among the splits transformers' GGUF reader knows by those names; "default" (GPT-2's)
+    otherwise."""
     try:
         from transformers.integrations.gguf.gguf_tokenizer_mapping import GGUF_PRE_TOKENIZER_SPLITS as splits
     except ImportError:
         return "default"
-    pre = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8")).get("pre_tokenizer") or {}
     regexes = {p.get("pattern", {}).get("Regex") for p in [pre, *pre.get("pretokenizers", [])]
                if p.get("type") == "Split"}
     named = [n for n in PRE_NAMES if splits.get(n) in regexes] + [n for n, r in splits.items() if r in regexes]
@@ -366,14 +361,14 @@ def verify(folder: Path, file: Path, quant: str, sources: dict | None = None) ->
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ftkit.memory import available
+    from ftkit.memory import available, weight_count
 
     tokenizer = AutoTokenizer.from_pretrained(folder)
     texts = list(PROBES)
     if getattr(tokenizer, "chat_template", None):
         texts += [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
                                                 add_generation_prompt=True) for p in PROBES]
-    f32_bytes = 4 * sum(int(np.prod(_shape(f, k))) for f, k, *_ in (sources or {}).values())
+    f32_bytes = 4 * weight_count(folder)
     if sources and not ARCHS[read_config(folder)["model_type"]].readable:
         return _check_vocabulary(file, tokenizer) + "; " + _check_tensors(file, quant, sources, "transformers "
                                                                           "cannot read this architecture back")
@@ -413,13 +408,6 @@ def verify(folder: Path, file: Path, quant: str, sources: dict | None = None) ->
                          + "; nothing was kept")
     return (f"tokenizer gives the same ids on {len(texts)} probes; logits within {worst:.2e} of the largest "
             f"(allowed {allowed:g}); next token {'the same (or tied)' if same_token else 'differs on a probe'}")
-
-
-def _shape(file: Path, key: str) -> list[int]:
-    from safetensors import safe_open
-
-    with safe_open(str(file), framework="pt") as f:
-        return f.get_slice(key).get_shape()
 
 
 def _check_vocabulary(file: Path, tokenizer) -> str:
