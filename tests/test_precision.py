@@ -1,5 +1,6 @@
 """`precision: auto` and the bf16/fp16 keys against the device, decided before any weights load. The GPU is faked
-(its name and CUDA compute capability), as on a free Colab T4 (7.5), a V100 (7.0), an A100 (8.0)."""
+(its name and CUDA compute capability), as on a free Colab T4 (7.5), a V100 (7.0), an A100 (8.0): the capabilities
+NVIDIA lists at developer.nvidia.com/cuda-gpus; bf16 from 8.0 as torch.cuda.is_bf16_supported decides."""
 import pytest
 
 import ftkit

@@ -1,4 +1,5 @@
-// Renders Ollama TEMPLATEs the way Ollama's server calls them for a chat (its template package, 2026): Go's
+// Renders Ollama TEMPLATEs the way Ollama's server calls them for a chat (ollama/ollama template/template.go:
+// Parse, Execute, collate, read 2026-12-02): Go's
 // text/template with missingkey=zero and a `json` function, given .System (the system messages joined by a blank
 // line), .Messages (consecutive messages of one role merged, tool messages kept apart), .Tools and .Response.
 // Reads [{"template": ..., "messages": [{"role", "content"}]}] on stdin, writes the rendered texts as JSON.
