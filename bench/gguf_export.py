@@ -76,7 +76,7 @@ WRITE = "import sys; from pathlib import Path; from ftkit.gguf_export import wri
         "Path(sys.argv[2]), sys.argv[3])"
 EXPORT = "import sys, ftkit; ftkit.export_gguf(sys.argv[1], sys.argv[2], sys.argv[3])"
 # the same, as on a machine whose free memory cannot hold the model twice in f32: the check goes tensor by tensor
-EXPORT_SMALL = "import ftkit.memory; ftkit.memory.available = lambda device: 0; " + EXPORT
+EXPORT_SMALL = "import ftkit.memory; ftkit.memory.available = lambda: 0; " + EXPORT
 
 
 def main() -> None:

@@ -39,11 +39,12 @@ def predict(config, console: bool = True):
     return _predict(config, console=console)
 
 
-def plan(config):
-    """Check and size a run without loading weights (what `--dry-run` prints); see Plan.summary()."""
+def plan(config, device: str | None = None):
+    """Check and size a run without loading weights (what `--dry-run` prints); see Plan.summary(). `device` (t4,
+    l4, a10g, a100-40g, a100-80g, h100, cpu) sizes it for that device instead of this machine."""
     from ftkit.planning import plan as _plan
 
-    return _plan(config)
+    return _plan(config, device)
 
 
 def merge(adapter_dir, out=None, **kw):
@@ -124,6 +125,14 @@ def panel(**values):
     return ConfigForm(**values)
 
 
+def restart_needed() -> str:
+    """After `pip install` in a notebook: one line saying whether the kernel must restart (it loaded a package
+    that pip has since replaced)."""
+    from ftkit.installing import restart_needed as _restart_needed
+
+    return _restart_needed()
+
+
 def load_ipython_extension(ip) -> None:
     """`%load_ext ftkit`: registers %%finetune, %merge, %%chat and %ftkit."""
     from ftkit.notebook.magics import load
@@ -139,5 +148,5 @@ def unload_ipython_extension(ip) -> None:
 
 __all__ = ["RunConfig", "ConfigError", "DataError", "FtkitError", "ModelError",
            "train", "launch", "plan", "merge", "expand", "generate", "score", "export_gguf", "convert", "render", "preview", "compare",
-           "panel", "runs",
+           "panel", "runs", "restart_needed",
            "__version__"]

@@ -34,15 +34,24 @@ def cmd_train(argv: list[str]) -> int:
     from ftkit.config import help_text, parse_overrides
 
     if "-h" in argv or "--help" in argv:
-        print("usage: ftkit train [CONFIG.yaml] [key=value | --key value ...] [--dry-run] [--nproc N]\n\n"
+        print("usage: ftkit train [CONFIG.yaml] [key=value | --key value ...] [--dry-run [--device D]] [--nproc N]\n\n"
               "Fine-tune as the config says; flags and key=value override its keys. --dry-run checks the config\n"
-              "and data and prints the plan (parameters, steps, memory estimate) without loading weights.\n"
+              "and data and prints the plan (parameters, steps, memory estimate) without loading weights;\n"
+              "--device t4|l4|a10g|a100-40g|a100-80g|h100|cpu plans it for that device (its memory, its\n"
+              "precision) instead of this machine, and names what would make a run too big for it fit.\n"
               "--nproc N trains in N processes (one per GPU, or N CPU processes with gloo) through accelerate\n"
               "launch; per_device_train_batch_size is per process.\n\n"
               "keys:\n" + help_text())
         return 0
     dry_run = "--dry-run" in argv
     argv = [a for a in argv if a != "--dry-run"]
+    device = None
+    if "--device" in argv:
+        i = argv.index("--device")
+        if i + 1 >= len(argv) or not dry_run:
+            raise ConfigError("--device: plans a run for a device (--dry-run --device t4); training runs on the "
+                              "device this machine has")
+        device, argv = argv[i + 1], argv[:i] + argv[i + 2:]
     nproc = 1
     if "--nproc" in argv:
         i = argv.index("--nproc")
@@ -69,7 +78,7 @@ def cmd_train(argv: list[str]) -> int:
     if dry_run:
         from ftkit.events import preflight_text
 
-        print(cfg.to_yaml() + "\n" + preflight_text(ftkit.plan(cfg).summary()) + "\n(dry run: no weights loaded)")
+        print(cfg.to_yaml() + "\n" + preflight_text(ftkit.plan(cfg, device).summary()) + "\n(dry run: no weights loaded)")
         return 0
 
     if nproc > 1:

@@ -380,7 +380,7 @@ def verify(folder: Path, file: Path, quant: str, sources: dict | None = None) ->
             if want != got:
                 raise ModelError(f"{file}: its tokenizer encodes {text[:40]!r} as {got[:12]} where the model's gives "
                                  f"{want[:12]}; nothing was kept")
-        if sources and 3 * f32_bytes > available("cpu"):  # measured: 2.8x at 0.5B (bench/gguf_export.py)
+        if sources and 3 * f32_bytes > available():  # measured: 2.8x at 0.5B (bench/gguf_export.py)
             return f"tokenizer gives the same ids on {len(texts)} probes; " + _check_tensors(
                 file, quant, sources, "the model is too large to run twice in the free memory")
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()

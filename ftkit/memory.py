@@ -7,6 +7,7 @@ for the backward pass), checked against measured peaks on CPU in the tests.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 MiB = 2**20
@@ -77,10 +78,16 @@ def estimate(cfg, model_config, counts: dict[str, int], batch: int, seq_len: int
     quantized = counts["quantizable"] if cfg.quantization_bit else 0
     # nf4/fp4: half a byte a value plus block scales (fp32 per 64, or 8-bit per 64 + fp32 per 16k when doubled)
     bits = {4: 0.5 + (1 / 64 + 4 / 16384 if cfg.double_quantization else 4 / 64), 8: 1.0}.get(cfg.quantization_bit, 0)
-    weights = (counts["total"] - counts["trainable"] - quantized) * width + quantized * bits \
+    # QLoRA: peft's prepare_model_for_kbit_training turns every weight left unquantized (embeddings, head, norms)
+    # to fp32
+    frozen_width = 4 if cfg.quantization_bit else width
+    weights = (counts["total"] - counts["trainable"] - quantized) * frozen_width + quantized * bits \
         + counts["trainable"] * trained_width
 
-    trainable_state = counts["trainable"] * 3 * trained_width  # gradient + two AdamW moments (from the first update)
+    # gradient + two AdamW moments (from the first update); 8-bit optimizers (bitsandbytes: adamw_8bit,
+    # paged_adamw_8bit) keep the moments in a byte each
+    moment = 1 if "8bit" in str(cfg.extra.get("optim", "")) else trained_width
+    trainable_state = counts["trainable"] * (trained_width + 2 * moment)
 
     tokens = batch * seq_len
     attn = 2 * heads * head_dim + 4 * kv * head_dim  # q, attention output; k, v before and after rotary
@@ -94,16 +101,18 @@ def estimate(cfg, model_config, counts: dict[str, int], batch: int, seq_len: int
         activations = kept * h * tokens * width + 2 * per_layer
     else:
         activations = kept * per_layer
-    logits = 3 * tokens * vocab * 4  # logits, their fp32 log-softmax and its gradient
+    if cfg.extra.get("use_liger_kernel"):
+        # Liger's fused linear cross-entropy never holds the whole logits: chunks of rows (its chunk size, a power of
+        # two near tokens / ceil(vocab / hidden)), each chunk's fp32 logits and their gradient
+        chunk = 1 << max(0, math.ceil(math.log2(max(1, math.ceil(tokens / math.ceil(vocab / h))))))
+        logits = 2 * min(chunk, tokens) * vocab * 4
+    else:
+        logits = 3 * tokens * vocab * 4  # logits, their fp32 log-softmax and its gradient
     return Estimate(int(weights), int(trainable_state), int(activations), int(logits))
 
 
-def available(device: str) -> int:
-    """Bytes the run may use: the GPU's total memory, or the machine's available RAM."""
-    if device == "cuda":
-        import torch
-
-        return torch.cuda.get_device_properties(0).total_memory
+def available() -> int:
+    """Bytes of RAM available to a run on this machine (a GPU's memory is model.Gpu.memory)."""
     import psutil
 
     return psutil.virtual_memory().available
@@ -140,7 +149,7 @@ def check_room(what: str, ram: int, disk: int, where, advice: str) -> None:
     """Refuse, with the numbers, work that needs more RAM or disk than is free; nothing is started."""
     from ftkit.errors import ModelError
 
-    free_ram, free = available("cpu"), free_disk(where)
+    free_ram, free = available(), free_disk(where)
     if ram > free_ram:
         raise ModelError(f"{what} needs ~{_size(ram)} of RAM, {_size(free_ram)} free: {advice}")
     if disk > free:

@@ -87,34 +87,95 @@ def device() -> str:
 class Gpu:
     name: str
     capability: tuple[int, int]  # CUDA compute capability: bf16 from 8.0 (Ampere) on
+    memory: int = 0              # bytes of GPU memory (0: not known)
 
     @property
     def bf16(self) -> bool:
         return self.capability >= (8, 0)
 
+    @property
+    def fa2(self) -> bool:  # FlashAttention-2 runs on Ampere and newer
+        return self.capability >= (8, 0)
+
+
+GiB = 2**30
+# The GPUs people train on, for planning a run on one this machine does not have (`--device`): the name and total
+# memory torch reports there, as printed by published notebook runs (torch.cuda.get_device_properties), and the
+# compute capability NVIDIA lists (developer.nvidia.com/cuda-gpus)
+DEVICES = {
+    "t4": Gpu("Tesla T4", (7, 5), int(14.741 * GiB)),            # huggingface/trl sft_trl_lora_qlora.ipynb (Colab)
+    "l4": Gpu("NVIDIA L4", (8, 9), int(22.168 * GiB)),           # an Unsloth notebook's output on Colab's L4
+    "a10g": Gpu("NVIDIA A10G", (8, 6), int(21.988 * GiB)),       # an Unsloth run's banner on an AWS A10G
+    "a100-40g": Gpu("NVIDIA A100-SXM4-40GB", (8, 0), int(39.557 * GiB)),  # Unsloth notebook outputs (Colab)
+    "a100-80g": Gpu("NVIDIA A100 80GB PCIe", (8, 0), int(79.151 * GiB)),  # an Unsloth notebook's output
+    "h100": Gpu("NVIDIA H100 80GB HBM3", (9, 0), int(79.151 * GiB)),      # 80 GB as the A100 80GB (not a print)
+    "cpu": None,
+}
+
 
 def gpu() -> Gpu | None:
     """The GPU a run trains on (the first visible CUDA device), or None on a CPU. Asked of nvidia-smi while this
-    process has not initialised CUDA, so planning in a notebook's kernel leaves it uninitialised (a forked or
-    launched run can still use the GPUs); torch's answer otherwise."""
-    import shutil
-    import subprocess
-
+    process has not initialised CUDA, so planning in a notebook's kernel leaves it uninitialised (a launched run
+    can still use the GPUs); torch's answer otherwise."""
     import torch
 
     if not torch.cuda.is_available():
         return None
+    if not torch.cuda.is_initialized():
+        answer = _nvidia_smi("name,compute_cap,memory.total", 0)
+        if answer:
+            name, cap, mib = answer
+            return Gpu(name, tuple(int(x) for x in cap.split(".")), int(float(mib)) * 2**20)
+    props = torch.cuda.get_device_properties(0)
+    return Gpu(props.name, (props.major, props.minor), props.total_memory)
+
+
+def _nvidia_smi(fields: str, device: int) -> list[str] | None:
+    """nvidia-smi's answer for a visible CUDA device (its index as torch counts them), or None (no nvidia-smi, or
+    a driver too old for the fields)."""
+    import shutil
+    import subprocess
+
     smi = shutil.which("nvidia-smi")
-    if smi and not torch.cuda.is_initialized():
-        visible = (os.environ.get("CUDA_VISIBLE_DEVICES") or "0").split(",")[0].strip() or "0"
-        try:
-            line = subprocess.run([smi, "--query-gpu=name,compute_cap", "--format=csv,noheader", "-i", visible],
-                                  capture_output=True, text=True, timeout=30).stdout.strip().splitlines()[0]
-            name, cap = (part.strip() for part in line.rsplit(",", 1))
-            return Gpu(name, tuple(int(x) for x in cap.split(".")))
-        except (OSError, IndexError, ValueError, subprocess.SubprocessError):
-            pass  # an older driver without compute_cap: torch's answer
-    return Gpu(torch.cuda.get_device_name(0), tuple(torch.cuda.get_device_capability(0)))
+    visible = [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    if not smi:
+        return None
+    try:
+        line = subprocess.run([smi, f"--query-gpu={fields}", "--format=csv,noheader,nounits", "-i",
+                               visible[device] if device < len(visible) else str(device)],
+                              capture_output=True, text=True, timeout=30).stdout.strip().splitlines()[0]
+        parts = [part.strip() for part in line.rsplit(",", fields.count(","))]
+        return parts if len(parts) == fields.count(",") + 1 else None
+    except (OSError, IndexError, subprocess.SubprocessError):
+        return None
+
+
+def import_bitsandbytes_leaving_cuda() -> None:
+    """Import bitsandbytes (peft imports it) without initialising CUDA in this process. Its import asks torch for
+    every GPU's compute capability, which initialises CUDA: in a notebook's kernel that would hold a CUDA context
+    for the whole session and poison forked workers. While it imports, the capabilities come from nvidia-smi."""
+    import importlib.util
+    import sys
+
+    import torch
+
+    if "bitsandbytes" in sys.modules or importlib.util.find_spec("bitsandbytes") is None or \
+            not torch.cuda.is_available() or torch.cuda.is_initialized():
+        return
+    asked = torch.cuda.get_device_capability
+
+    def from_nvidia_smi(device=None):
+        index = getattr(device, "idx", device)
+        answer = _nvidia_smi("compute_cap", int(index or 0))
+        return tuple(int(x) for x in answer[0].split(".")) if answer else asked(device)
+
+    torch.cuda.get_device_capability = from_nvidia_smi
+    try:
+        import bitsandbytes  # noqa: F401
+    except Exception:  # noqa: BLE001 - a broken install is reported where bitsandbytes is used, as before
+        pass
+    finally:
+        torch.cuda.get_device_capability = asked
 
 
 def compute_dtype(cfg):
@@ -443,6 +504,7 @@ def make_trainable(model, cfg, notes: list[str] | None = None, weights: bool = T
     import torch
 
     if cfg.trains_adapter:
+        import_bitsandbytes_leaving_cuda()
         from peft import PeftConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
 
         from ftkit.folders import adapter_folder

@@ -40,6 +40,7 @@ class Plan:
     memory_available: int
     args: Any            # transformers.TrainingArguments
     memory_note: str = ""
+    device: str = ""     # where the run is sized for: "cpu", "cuda", or a GPU named with --device
 
     def summary(self, packed: bool | None = None) -> dict:
         """The pre-flight figures (the `begin` event's content); `packed` is known once the model is loaded."""
@@ -54,7 +55,8 @@ class Plan:
             trained_tokens=stats.trained_tokens, sampled=stats.sampled,
             eot_trained=stats.eot_trained, truncated=_truncation_text(cfg, stats),
             trainable_params=self.counts["trainable"], total_params=self.counts["total"], max_steps=self.max_steps,
-            batch_tokens=_batch_text(cfg, packed), packed=packed, device=device(), model=cfg.model_name_or_path,
+            batch_tokens=_batch_text(cfg, packed), packed=packed, device=self.device or device(),
+            model=cfg.model_name_or_path,
             finetuning=_method_text(cfg), output_dir=str(cfg.run_dir), memory=self.memory.text() + self.memory_note,
             memory_mb=self.memory.total / 2**20, memory_available_mb=self.memory_available / 2**20,
             accepted=", ".join(cfg.accepted) or None, placeholders=_placeholder_text(self.data.sources),
@@ -62,13 +64,16 @@ class Plan:
 
 
 @quiet()
-def plan(config) -> Plan:
-    """Check, tokenize and size a run without loading weights; refuses runs that cannot learn or cannot fit."""
+def plan(config, device: str | None = None) -> Plan:
+    """Check, tokenize and size a run without loading weights; refuses runs that cannot learn or cannot fit.
+    `device` (t4, l4, a10g, a100-40g, a100-80g, h100, cpu) sizes it for that device instead of this machine: its
+    memory, its precision; a run that does not fit is refused with the levers that would make it fit."""
     cfg = load_config(config)
-    check_run(cfg)
     from ftkit import data, memory, model as M, templates
 
-    cfg = with_precision(cfg, M.gpu())
+    gpu = target_gpu(device)
+    check_run(cfg, device)
+    cfg = with_precision(cfg, gpu)
 
     model_path = M.resolve(cfg.model_name_or_path)
     tokenizer = M.load_tokenizer(model_path, cfg.tokenizer_name_or_path, cfg.trust_remote_code, cfg.added_tokens)
@@ -96,38 +101,126 @@ def plan(config) -> Plan:
     skeleton = M.skeleton(cfg, model_path, tokenizer)
     if cfg.extra.get("optim_target_modules") == "all" and cfg.low_rank_optimizer:  # GaLore/APOLLO: `all` as OFT's
         cfg = dataclasses.replace(cfg, extra={**cfg.extra, "optim_target_modules": M.linear_targets(skeleton)})
-    counts = memory.model_counts(skeleton)
-    seq_len = min(cfg.cutoff_len, int(stats.lengths.max()))
-    if cfg.stage == "grpo":  # a prompt and its sampled answer
-        seq_len = int(stats.lengths.max()) + cfg.max_completion_length
-    rows_per_example = 2 if cfg.stage in ("dpo", "rm") else 1  # a pair is two sequences in the batch
-
-    def size(c: RunConfig):
-        return memory.estimate(c, skeleton.config, counts, c.per_device_train_batch_size * rows_per_example, seq_len)
-
-    estimate = size(cfg)
-    budget = memory.available(M.device())
+    sizer = Sizer(cfg, model_path, tokenizer, skeleton, stats, gpu)
+    estimate = sizer(cfg)
+    budget = gpu.memory if gpu else memory.available()
+    where = f"the {gpu.name} has" if gpu else "of RAM available"
     note = ""
     if cfg.gradient_checkpointing is None and estimate.total > budget:  # checkpointing where it pays
         checkpointed = dataclasses.replace(cfg, gradient_checkpointing=True)
-        lower = size(checkpointed)
+        lower = sizer(checkpointed)
         if lower.total <= budget:
             note = f"; gradient checkpointing on to fit (without it ~{estimate.total / 2**20:,.0f} MiB)"
             cfg, estimate = checkpointed, lower
     if estimate.total > budget and not cfg.ignore_memory_estimate:
         raise ConfigError(
-            f"memory: this run needs {estimate.text()}, more than the {budget / 2**30:.1f} GiB "
-            f"{'the GPU has' if M.device() == 'cuda' else 'of RAM available'}; lower per_device_train_batch_size "
-            "(raise gradient_accumulation_steps to keep the batch), lower cutoff_len, set gradient_checkpointing: "
-            "true, or use QLoRA (quantization_bit: 4); ignore_memory_estimate: true tries anyway")
+            f"memory: this run needs {estimate.text()}, more than the {budget / 2**30:.1f} GiB {where}. "
+            "What would make it fit, with the estimated peak:\n" + "\n".join(f"    {line}" for line in
+                                                                     sizer.levers(cfg, budget))
+            + "\n  (or ignore_memory_estimate: true tries anyway)")
     world = int(os.environ.get("WORLD_SIZE", 1))
     if cfg.max_steps > 0:  # a stream (streaming: true) has no length: it always names max_steps
         max_steps = cfg.max_steps
     else:
         per_epoch = math.ceil(len(prepared.train) / (cfg.per_device_train_batch_size * world))
         max_steps = math.ceil(math.ceil(per_epoch / cfg.gradient_accumulation_steps) * cfg.num_train_epochs)
-    args = training_arguments(cfg, max_steps, evaluate=bool(prepared.eval))
-    return Plan(cfg, model_path, tokenizer, template, prepared, counts, max_steps, estimate, budget, args, note)
+    args = None
+    if device is None and not cuda_untouched():
+        args = training_arguments(cfg, max_steps, evaluate=bool(prepared.eval))
+    else:  # the keys checked as on a CPU: TrainingArguments sets up its device, which would initialise CUDA
+        cpu = dataclasses.replace(cfg, fp16=False, bf16=False, pure_bf16=False)
+        training_arguments(cpu, max_steps, evaluate=bool(prepared.eval), cpu=True)
+    return Plan(cfg, model_path, tokenizer, template, prepared, sizer.counts(cfg), max_steps, estimate, budget,
+                args, note, _device_text(cfg, gpu) if device else "")
+
+
+def target_gpu(device: str | None):
+    """The GPU a run is sized for: the one named (`--device t4`; None for cpu), else this machine's."""
+    from ftkit import model as M
+
+    if device is None:
+        return M.gpu()
+    if device.lower() not in M.DEVICES:
+        raise ConfigError(f"--device: {device!r} is not one of {', '.join(M.DEVICES)}")
+    return M.DEVICES[device.lower()]
+
+
+def _device_text(cfg: RunConfig, gpu) -> str:
+    if gpu is None:
+        return "a CPU (planned; fp32)"
+    attention = "fa2" if cfg.flash_attn == "fa2" else "eager" if cfg.flash_attn == "eager" else "sdpa"
+    precision = "bf16" if cfg.bf16 or cfg.pure_bf16 else "fp16 with loss scaling" if cfg.fp16 else "fp32"
+    return f"a {gpu.name} (planned; {precision}, {attention} attention)"
+
+
+class Sizer:
+    """A run's peak memory for variants of its config (the levers): its data's lengths, the model's shape."""
+
+    def __init__(self, cfg: RunConfig, model_path: str, tokenizer, skeleton, stats, gpu=None):
+        self.model_path, self.tokenizer, self.stats, self.gpu = model_path, tokenizer, stats, gpu
+        self.model_config = skeleton.config
+        self._skeletons = {self._shape(cfg): skeleton}
+
+    @staticmethod
+    def _shape(c: RunConfig):  # what decides which parameters train
+        return c.finetuning_type, c.lora_rank, tuple(c.lora_targets), c.freeze_trainable_layers, c.oft_rank
+
+    def counts(self, c: RunConfig) -> dict:
+        from ftkit import memory, model as M
+
+        key = self._shape(c)
+        if key not in self._skeletons:
+            self._skeletons[key] = M.skeleton(c, self.model_path, self.tokenizer)
+        return memory.model_counts(self._skeletons[key])
+
+    def __call__(self, c: RunConfig):
+        from ftkit import memory
+
+        lengths = self.stats.lengths
+        seq_len = min(c.cutoff_len, int(lengths.max()))
+        if c.stage == "grpo":  # a prompt and its sampled answer
+            seq_len = int(lengths.max()) + c.max_completion_length
+        rows = 2 if c.stage in ("dpo", "rm") else 1  # a pair is two sequences in the batch
+        return memory.estimate(c, self.model_config, self.counts(c), c.per_device_train_batch_size * rows, seq_len)
+
+    def levers(self, cfg: RunConfig, budget: int) -> list[str]:
+        """What would make the run fit, each with its estimate, and the first set of them, in this order, that
+        fits: checkpointing, a batch of 1 (more accumulation keeps the batch), LoRA, QLoRA, a shorter cutoff."""
+        steps = []
+        if not cfg.gradient_checkpointing:
+            steps.append(("gradient_checkpointing: true", dict(gradient_checkpointing=True)))
+        if cfg.per_device_train_batch_size > 1:
+            n, k = cfg.per_device_train_batch_size, cfg.gradient_accumulation_steps
+            steps.append((f"per_device_train_batch_size: 1, gradient_accumulation_steps: {n * k} (the same batch)",
+                          dict(per_device_train_batch_size=1, gradient_accumulation_steps=n * k)))
+        if not cfg.trains_adapter:
+            steps.append(("finetuning_type: lora", dict(finetuning_type="lora")))
+        if not cfg.quantization_bit:
+            steps.append(("quantization_bit: 4 (QLoRA)", dict(quantization_bit=4, finetuning_type=cfg.finetuning_type
+                                                               if cfg.trains_adapter else "lora")))
+        if self.gpu and not cfg.extra.get("use_liger_kernel"):
+            steps.append(("use_liger_kernel: true (pip install liger-kernel; the loss without whole logits)",
+                          dict(extra={**cfg.extra, "use_liger_kernel": True})))
+        longest = min(cfg.cutoff_len, int(self.stats.lengths.max()))
+        if longest > 256:
+            steps.append((f"cutoff_len: {longest // 2}", dict(cutoff_len=longest // 2)))
+        if not steps:
+            return ["nothing in the config is left to lower: a GPU with more memory is needed"]
+        gib = lambda e: f"~{e.total / 2**30:.1f} GiB"  # noqa: E731
+        lines = []
+        for text, change in steps:
+            e = self(dataclasses.replace(cfg, **change))
+            lines.append(f"{text}: {gib(e)}" + (", which fits" if e.total <= budget else ""))
+        if any(line.endswith("fits") for line in lines):
+            return lines
+        together = {}
+        for i, (_, change) in enumerate(steps):
+            together = {**together, **change, "extra": {**together.get("extra", cfg.extra), **change.get("extra", {})}}
+            e = self(dataclasses.replace(cfg, **together))
+            if e.total <= budget:
+                names = " + ".join(text.split(" (")[0] for text, _ in steps[:i + 1])
+                return lines + [f"together, {names}: {gib(e)}, which fits"]
+        return lines + [f"all of them together: {gib(e)}, which still does not fit: a GPU with more memory"]
 
 
 def with_precision(cfg: RunConfig, gpu) -> RunConfig:
@@ -174,9 +267,9 @@ def torch_cuda() -> bool:
     return torch.cuda.is_available()
 
 
-def check_run(cfg: RunConfig) -> None:
+def check_run(cfg: RunConfig, device: str | None = None) -> None:
     """What can be checked without loading weights, reported at once: model folder, datasets, template name,
-    device, output folder."""
+    device (this machine's, or the one named: `--device t4`), output folder."""
     import importlib.util
 
     from ftkit import model as M
@@ -203,7 +296,7 @@ def check_run(cfg: RunConfig) -> None:
         except FtkitError as e:
             problems += [f"adapter_name_or_path: {p}" for p in e.problems]
     problems += _deepspeed_problems(cfg.extra.get("deepspeed"))
-    if cfg.extra.get("use_liger_kernel") and not (torch_cuda() and importlib.util.find_spec("liger_kernel")):
+    if cfg.extra.get("use_liger_kernel") and device is None and not (torch_cuda() and importlib.util.find_spec("liger_kernel")):
         problems.append("use_liger_kernel: Liger's kernels are Triton kernels for CUDA GPUs (pip install "
                         "liger-kernel there); without them the run computes the same, only slower: remove it "
                         "on this machine")
@@ -218,14 +311,19 @@ def check_run(cfg: RunConfig) -> None:
     if code:
         problems.append(f"model_name_or_path: {cfg.model_name_or_path} ships its own code ({code}), "
                         + M.REMOTE_CODE_ADVICE)
-    asked = cfg.fp16 or cfg.bf16 or cfg.pure_bf16 or cfg.precision in ("fp16", "bf16")
-    gpu = M.gpu() if asked else None  # (not otherwise: a config checked in a notebook's kernel leaves torch out)
+    asked = cfg.fp16 or cfg.bf16 or cfg.pure_bf16 or cfg.precision in ("fp16", "bf16") or cfg.flash_attn == "fa2"
+    # (the GPU is asked for only then: a config checked in a notebook's kernel leaves torch unimported)
+    gpu = target_gpu(device) if asked or device else None
     if (cfg.fp16 or cfg.precision == "fp16") and gpu is None:
         problems.append("fp16: needs a CUDA GPU and none is present; remove it to train in fp32 on this CPU")
     if (cfg.bf16 or cfg.pure_bf16 or cfg.precision == "bf16") and gpu is not None and not gpu.bf16:
         problems.append(f"bf16: the {gpu.name} (compute capability {gpu.capability[0]}.{gpu.capability[1]}) has no "
                         "bf16 (it needs 8.0, Ampere or newer); set fp16: true instead, or leave precision to auto, "
                         "which trains in fp16 with loss scaling on this GPU")
+    if cfg.flash_attn == "fa2" and gpu is not None and not gpu.fa2:
+        problems.append(f"flash_attn: fa2 (FlashAttention-2) needs compute capability 8.0 (Ampere or newer); the "
+                        f"{gpu.name} has {gpu.capability[0]}.{gpu.capability[1]}: set flash_attn: sdpa (what auto "
+                        "picks there)")
     out = cfg.run_dir
     if cfg.resume_from_checkpoint is True and not list(out.glob("checkpoint-*")):
         problems.append(f"resume_from_checkpoint: {out} has no checkpoint-N folder to resume from; "
@@ -280,11 +378,21 @@ def _deepspeed_problems(ds) -> list[str]:
     return problems
 
 
-def training_arguments(cfg: RunConfig, max_steps: int, evaluate: bool):
+def cuda_untouched() -> bool:
+    """Whether this process could use CUDA and has not initialised it (a notebook's kernel on a GPU machine):
+    then planning must leave it so."""
+    import torch
+
+    return torch.cuda.is_available() and not torch.cuda.is_initialized()
+
+
+def training_arguments(cfg: RunConfig, max_steps: int, evaluate: bool, cpu: bool = False):
     """transformers.TrainingArguments for the run (TRL's subclass for a preference stage, with its settings);
-    passthrough keys may refine ftkit's choices."""
+    passthrough keys may refine ftkit's choices. `cpu`: as on a CPU (to check the keys without touching CUDA)."""
     import torch
     from transformers import TrainingArguments
+
+    cuda = torch.cuda.is_available() and not cpu
 
     kwargs = dict(
         output_dir=str(cfg.run_dir),
@@ -299,8 +407,7 @@ def training_arguments(cfg: RunConfig, max_steps: int, evaluate: bool):
         logging_steps=cfg.logging_steps, logging_first_step=True, save_steps=cfg.save_steps,
         eval_strategy="steps" if evaluate else "no", eval_steps=cfg.eval_steps or max(1, max_steps // 5),
         report_to=cfg.report_to, seed=cfg.seed, include_num_input_tokens_seen="non_padding",
-        disable_tqdm=True, remove_unused_columns=False, dataloader_pin_memory=torch.cuda.is_available(),
-        use_cpu=not torch.cuda.is_available(),
+        disable_tqdm=True, remove_unused_columns=False, dataloader_pin_memory=cuda, use_cpu=not cuda,
     )
     if cfg.streaming:  # each process reads the stream and takes its batches: accelerate's dispatching (the first
         # process reads, the others are sent slices) would cut the packed batch's per-position fields to its rows

@@ -170,7 +170,7 @@ def test_a_model_too_large_to_run_twice_is_checked_tensor_by_tensor(workdir, mon
     import ftkit.gguf_export as G
     import ftkit.memory
 
-    monkeypatch.setattr(ftkit.memory, "available", lambda device: 10_000_000)
+    monkeypatch.setattr(ftkit.memory, "available", lambda: 10_000_000)
     export_gguf("tiny", workdir / "t.gguf", "q8_0")
     assert "tensors within" in capsys.readouterr().out
     written = G.write

@@ -125,6 +125,14 @@ def test_grpo_with_a_cells_reward_trains_in_the_child(ip):
     assert len(steps) == 2 and "reward_short" in steps[-1]["metrics"]
 
 
+def test_dry_run_plans_for_a_device_the_kernel_does_not_have(ip, workdir):
+    with capture_output() as out:
+        run_cell(ip, "finetune --dry-run --device l4", cell("out/l4"))
+    assert "on a NVIDIA L4 (planned; bf16, sdpa attention)" in out.stdout and "22.2 GiB available" in out.stdout
+    with pytest.raises(UsageError, match="--device plans a run for a device"):
+        run_cell(ip, "finetune --device t4", cell("out/t4"))
+
+
 def test_dry_run_checks_and_shows_the_plan_without_weights(ip, workdir):
     with capture_output() as cap:
         run_cell(ip, "finetune --dry-run", cell("out/dry"))

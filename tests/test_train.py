@@ -521,11 +521,11 @@ def test_merge_refuses_with_numbers_when_ram_or_disk_is_short(workdir, monkeypat
     from ftkit.errors import ModelError
 
     run = ftkit.train(base_config(workdir / "m", max_steps=1), console=False)
-    monkeypatch.setattr(ftkit.memory, "available", lambda device: 300 * 2**20)
+    monkeypatch.setattr(ftkit.memory, "available", lambda: 300 * 2**20)
     with pytest.raises(ModelError, match=r"merging needs ~5\d\d MB of RAM, 300 MB free: merge on a machine with more "
                                          r"memory, or keep the adapter \(small\) and merge later"):
         ftkit.merge(run.adapter_dir, console=False)
-    monkeypatch.setattr(ftkit.memory, "available", lambda device: 2**40)
+    monkeypatch.setattr(ftkit.memory, "available", lambda: 2**40)
     monkeypatch.setattr(ftkit.memory, "free_disk", lambda path: 2**20)
     with pytest.raises(ModelError, match=r"merging needs ~\d+ MB of disk at .*m, 1 MB free"):
         ftkit.merge(run.adapter_dir, console=False)

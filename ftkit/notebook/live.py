@@ -225,7 +225,7 @@ def run_with_panel(config, title: str = "run", inline: bool = False, background:
             free_memory()
 
 
-def dry_run_text(cfg) -> str:
+def dry_run_text(cfg, device: str | None = None) -> str:
     """What `%%finetune --dry-run` prints: the keys away from their defaults, resolved, and the pre-flight plan."""
     import yaml
 
@@ -237,7 +237,7 @@ def dry_run_text(cfg) -> str:
     changed = {k: v for k, v in cfg.to_dict().items() if k == "output_dir" or v != defaults.get(k)}
     return ("resolved config (other keys at their defaults: `ftkit train --help`):\n"
             + yaml.safe_dump(changed, sort_keys=False, allow_unicode=True)
-            + "\n" + preflight_text(ftkit.plan(cfg).summary()) + "\n(dry run: no weights loaded)")
+            + "\n" + preflight_text(ftkit.plan(cfg, device).summary()) + "\n(dry run: no weights loaded)")
 
 
 def free_memory() -> None:

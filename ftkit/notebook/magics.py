@@ -15,7 +15,7 @@ from IPython.core.magic import Magics, cell_magic, line_cell_magic, line_magic, 
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 
 import ftkit
-from ftkit.errors import FtkitError
+from ftkit.errors import ConfigError, FtkitError
 
 PLACEHOLDER = re.compile(r"(?<!\{)\{([A-Za-z_][A-Za-z0-9_]*)\}(?!\})")
 
@@ -71,6 +71,7 @@ class FtkitMagics(Magics):
     @magic_arguments()
     @argument("--name", default="run", help="variable (and ftkit.runs key) the run is bound to")
     @argument("--dry-run", action="store_true", help="check config and data, show the plan; load no weights")
+    @argument("--device", help="with --dry-run: plan for t4, l4, a10g, a100-40g, a100-80g, h100 or cpu")
     @argument("--background", action="store_true", help="return at once; run.wait() / run.stop()")
     @argument("--inline", action="store_true", help="train in this kernel (run.model stays live)")
     @argument("--nproc", type=int, default=1, help="processes, through accelerate launch")
@@ -89,8 +90,11 @@ class FtkitMagics(Magics):
             cfg = load_config(with_named_rewards(raw, self.shell.user_ns))
             from ftkit.notebook.live import dry_run_text, run_with_panel
 
+            if args.device and not args.dry_run:
+                raise ConfigError("--device plans a run for a device (--dry-run --device t4); training runs on "
+                                  "the device this kernel has")
             if args.dry_run:
-                return print(dry_run_text(cfg))
+                return print(dry_run_text(cfg, args.device))
             if cfg.do_predict:  # a predict run answers and scores eval_dataset in this kernel; nothing trains
                 self.shell.user_ns[args.name] = result = ftkit.predict(cfg)
                 return result
