@@ -134,23 +134,51 @@ def cmd_merge(argv: list[str]) -> int:
                    "ftkit trains (auto)")
     p.add_argument("--export_legacy_format", type=_flag, default=False, help="false: safetensors (the only format "
                    "written)")
-    p.add_argument("--export_hub_model_id", help="not uploaded by ftkit: upload the folder with huggingface-cli")
+    p.add_argument("--export_hub_model_id", help="upload the merged model (with a model card) to this Hub repository")
     p.add_argument("--trust_remote_code", type=_flag, default=False)
     a = parse_with_yaml(p, argv)
+    from types import SimpleNamespace
+
+    from ftkit.hub import push_problems
+
     problems = [m for m in (
         not (a.adapter or a.base) and "adapter_name_or_path (--adapter): missing; name the adapter or run folder",
         a.export_legacy_format and "export_legacy_format: true asks for .bin weights; ftkit writes safetensors only",
-        a.export_hub_model_id and f"export_hub_model_id: ftkit does not upload; after the merge run "
-        f"`huggingface-cli upload {a.export_hub_model_id} {a.out or '<out>'}`",
+        *(push_problems(SimpleNamespace(push_to_hub=True, hub_model_id=a.export_hub_model_id))
+          if a.export_hub_model_id else []),
         not a.adapter and a.base and not a.out and "export_dir (--out): missing; where should the model be saved?")
         if m]
     if problems:
         raise ConfigError(problems, title="cannot merge")
+    from ftkit.config import RUN_CONFIG
     import ftkit
 
     if a.export_device == "cpu":
         os.environ["CUDA_VISIBLE_DEVICES"] = ""  # before torch loads: merge on the CPU
-    ftkit.merge(a.adapter, out=a.out, base=a.base, template=a.template, shard_size_gb=a.export_size)
+    merged = ftkit.merge(a.adapter, out=a.out, base=a.base, template=a.template, shard_size_gb=a.export_size)
+    if a.export_hub_model_id:
+        from ftkit.folders import adapter_folder
+        from ftkit.hub import push
+
+        run = Path(merged).parent if (Path(merged).parent / RUN_CONFIG).exists() else \
+            adapter_folder(a.adapter.split(",")[-1]).parent
+        print(f"pushed to {push(run, a.export_hub_model_id, folder=merged)}")
+    return 0
+
+
+def cmd_push(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="ftkit push RUN_DIR", description="Upload a run's adapter (or model, or "
+                                "--folder merged) to the Hugging Face Hub with a model card: the run config, the "
+                                "data, the loss curve. Logged in the huggingface_hub way (HF_TOKEN, hf auth login).")
+    p.add_argument("run", help="the run's output_dir")
+    p.add_argument("--hub_model_id", help="USER/NAME (default: the run config's hub_model_id)")
+    p.add_argument("--folder", help="what to upload, inside the run (default: adapter/ or model/; e.g. merged)")
+    p.add_argument("--public", action="store_true", help="create the repository public (default: private)")
+    a = p.parse_args(argv)
+    from ftkit.hub import push
+
+    folder = Path(a.run) / a.folder if a.folder else None
+    print(f"pushed to {push(a.run, a.hub_model_id, private=not a.public, folder=folder)}")
     return 0
 
 
@@ -314,9 +342,9 @@ def cmd_export_gguf(argv: list[str]) -> int:
 # may set the process up for the one run (files.start_own_process)
 OWN_PROCESS = False
 
-COMMANDS = {"train": cmd_train, "merge": cmd_merge, "export": cmd_merge, "chat": cmd_chat, "convert": cmd_convert,
-            "export-onnx": cmd_export_onnx, "export-gguf": cmd_export_gguf, "expand": cmd_expand, "models": cmd_models,
-            "demo": cmd_demo}
+COMMANDS = {"train": cmd_train, "merge": cmd_merge, "export": cmd_merge, "push": cmd_push, "chat": cmd_chat,
+            "convert": cmd_convert, "export-onnx": cmd_export_onnx, "export-gguf": cmd_export_gguf,
+            "expand": cmd_expand, "models": cmd_models, "demo": cmd_demo}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -329,9 +357,11 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: ftkit {" + ",".join(COMMANDS) + "} ... [--debug]\n"
               "  train    fine-tune from a YAML config and/or --key value flags\n"
               "  merge    fold a LoRA adapter into its base model (export: the same, LLaMA-Factory's name)\n"
+              "  push     upload a run's adapter or model to the Hugging Face Hub, with a model card\n"
               "  chat     answer a prompt, or chat, with a model (+ adapter)\n"
               "  convert  rewrite alpaca/sharegpt/openai/moss/chatglm3/qwen data as conversations\n"
               "  export-onnx  export a merged model for onnxruntime (ftkit chat --onnx DIR)\n"
+              "  export-gguf  one GGUF file for llama.cpp, Ollama, LM Studio (+ an Ollama Modelfile)\n"
               "  expand   LLaMA Pro: add identity blocks to a model, to train only them (use_llama_pro)\n"
               "  models   verified architectures and built-in chat templates\n"
               "  demo     the whole loop on the embedded tiny model, offline, in a few minutes")

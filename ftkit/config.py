@@ -165,6 +165,9 @@ class RunConfig:
                                                    "and not without.")
     logging_steps: int = _f(10, "Log loss, lr and throughput every N updates.")
     save_steps: int = _f(500, "Save a checkpoint every N updates.")
+    save_total_limit: int | None = _f(2, "Checkpoints kept: the newest N, older ones deleted as new ones land "
+                                         "(bounds the disk a long run takes, as on Colab's disk or Drive; two keep "
+                                         "a whole one if the newest is cut off); null keeps all.")
     eval_steps: int | None = _f(None, "Evaluate every N updates (default: 5 times per run when val_size > 0).")
     report_to: str | list[str] = _f("none", "Extra loggers: none | tensorboard | wandb ...")
     do_predict: bool = _f(False, "Instead of training: answer every conversation of eval_dataset with the model "
@@ -175,6 +178,11 @@ class RunConfig:
                               "do_sample, repetition_penalty (LLaMA-Factory's generation keys land here).")
     plot_loss: bool = _f(False, "Write the loss curves as training_loss.png (and training_eval_loss.png) in the run "
                                 "folder at the end (needs matplotlib).")
+    push_to_hub: bool = _f(False, "At the end, upload the trained adapter (or model) with a model card (the run "
+                                  "config, the data, the loss curve) to hub_model_id, logged in the huggingface_hub "
+                                  "way (HF_TOKEN, `hf auth login`, Colab's secrets); checked before training starts.")
+    hub_model_id: str | None = _f(None, "The Hub repository push_to_hub uploads to (user/name).")
+    hub_private_repo: bool = _f(True, "Create the Hub repository private (an existing one keeps its visibility).")
     seed: int = _f(42, "Random seed for data order and initialisation.")
     output_dir: str | None = _f(None, "Run folder; default outputs/<model>-<finetuning_type>.")
     overwrite_output_dir: bool = _f(False, "Reuse an output_dir that holds another run.")

@@ -324,6 +324,9 @@ def check_run(cfg: RunConfig, device: str | None = None) -> None:
         problems.append(f"flash_attn: fa2 (FlashAttention-2) needs compute capability 8.0 (Ampere or newer); the "
                         f"{gpu.name} has {gpu.capability[0]}.{gpu.capability[1]}: set flash_attn: sdpa (what auto "
                         "picks there)")
+    from ftkit.hub import push_problems
+
+    problems += push_problems(cfg)
     out = cfg.run_dir
     if cfg.resume_from_checkpoint is True and not list(out.glob("checkpoint-*")):
         problems.append(f"resume_from_checkpoint: {out} has no checkpoint-N folder to resume from; "
@@ -405,6 +408,7 @@ def training_arguments(cfg: RunConfig, max_steps: int, evaluate: bool, cpu: bool
         activation_checkpointing=bool(cfg.gradient_checkpointing),
         activation_checkpointing_kwargs={"use_reentrant": False} if cfg.gradient_checkpointing else None,
         logging_steps=cfg.logging_steps, logging_first_step=True, save_steps=cfg.save_steps,
+        save_total_limit=cfg.save_total_limit,
         eval_strategy="steps" if evaluate else "no", eval_steps=cfg.eval_steps or max(1, max_steps // 5),
         report_to=cfg.report_to, seed=cfg.seed, include_num_input_tokens_seen="non_padding",
         disable_tqdm=True, remove_unused_columns=False, dataloader_pin_memory=cuda, use_cpu=not cuda,

@@ -135,6 +135,11 @@ def _train(cfg: RunConfig, callbacks, console: bool, should_stop) -> Run:
     emit("end", step=state.global_step, train_loss=train_loss, runtime_s=time.time() - run.metrics[0]["time"],
          output_dir=str(out), adapter_dir=str(run.adapter_dir), stopped=run.stopped)
     run.model, run.tokenizer = trainer.model, tokenizer
+    if cfg.push_to_hub and main:  # after everything is saved: a failed upload loses nothing
+        from ftkit.hub import push
+
+        print(f"ftkit: pushed {run.adapter_dir.name}/ to {push(out, cfg.hub_model_id, cfg.hub_private_repo)}",
+              flush=True)
     return run
 
 
