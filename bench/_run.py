@@ -40,6 +40,11 @@ def patch_trainer(record: dict) -> None:
         out = train(self, *args, **kwargs)
         record["train_s"] = time.time() - t
         record["train_loss"] = out.training_loss
+        import torch
+
+        if torch.cuda.is_available() and torch.cuda.is_initialized():  # a GPU run (bench/gpu/compare_gpu.py)
+            record["peak_allocated_mib"] = torch.cuda.max_memory_allocated() / 2**20
+            record["peak_reserved_mib"] = torch.cuda.max_memory_reserved() / 2**20
         return out
 
     transformers.Trainer.training_step = training_step

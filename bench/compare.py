@@ -148,7 +148,7 @@ def configs(model: str) -> dict[str, tuple[str, dict]]:
 
 # ---- running and scoring ------------------------------------------------------------------------------------------
 
-def run_one(name: str, tool: str, cfg: dict, python: Path, threads: int, round_: int) -> dict:
+def run_one(name: str, tool: str, cfg: dict, python: Path, threads: int, round_: int, cuda: bool = False) -> dict:
     out = WORK / "runs" / f"{name}-{round_}"
     shutil.rmtree(out, ignore_errors=True)
     cfg = {**cfg, "output_dir": str(out)}
@@ -156,7 +156,9 @@ def run_one(name: str, tool: str, cfg: dict, python: Path, threads: int, round_:
     cfg_path.parent.mkdir(parents=True, exist_ok=True)
     cfg_path.write_text(json.dumps(cfg))
     env = {**os.environ, "BENCH_START": repr(time.time()), "BENCH_THREADS": str(threads), "HF_HUB_OFFLINE": "1",
-           "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false"}
+           "OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false"}
+    if not cuda:
+        env["CUDA_VISIBLE_DEVICES"] = ""
     t0 = time.time()
     proc = subprocess.Popen([str(python), str(BENCH / "_run.py"), tool, str(cfg_path), str(result_path)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

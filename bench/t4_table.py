@@ -4,8 +4,9 @@ estimate against published measured peaks of the same configurations.
     python bench/t4_table.py [--device t4] [--cutoff 2048]
 
 1. The README's T4 table: LoRA and QLoRA (r=8 on every projection, batch 1, gradient checkpointing) of
-   Qwen2.5-0.5B/1.5B/7B, Llama-3.2-1B/3B, Llama-3.1-8B and Qwen3-14B at cutoff_len 2048, each planned by `ftkit.plan(config, device="t4")` (what `ftkit train --dry-run --device t4`
-   prints): the precision picked, the peak estimate, whether it fits, and for a run that does not fit the levers.
+   Qwen2.5-0.5B/1.5B/7B, Llama-3.2-1B/3B, Llama-3.1-8B and Qwen3-14B at cutoff_len 2048, each planned by
+   `ftkit.plan(config, device="t4")` (what `ftkit train --dry-run --device t4` prints): the precision picked,
+   the peak estimate, whether it fits, and for a run that does not fit the levers.
 2. The estimate against measurements: huggingface/trl's notebook examples/notebooks/sft_trl_lora_qlora.ipynb ran
    QLoRA (nf4, double quantization, fp16 compute, r=32 on the seven projections, batch 1, max_length 1024,
    gradient checkpointing, Liger kernels, paged_adamw_8bit, activation offloading) on a Colab T4 and printed

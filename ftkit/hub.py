@@ -60,7 +60,8 @@ def model_card(run_dir: Path, folder: Path, repo_id: str) -> str:
         front["base_model"] = base
     use = (f"from peft import AutoPeftModelForCausalLM\nmodel = AutoPeftModelForCausalLM.from_pretrained("
            f"\"{repo_id}\")" if adapter else
-           f"from transformers import AutoModelForCausalLM\nmodel = AutoModelForCausalLM.from_pretrained(\"{repo_id}\")")
+           f"from transformers import AutoModelForCausalLM\n"
+           f"model = AutoModelForCausalLM.from_pretrained(\"{repo_id}\")")
     lines = ["---", yaml.safe_dump(front, sort_keys=False, allow_unicode=True).strip(), "---", "",
              f"# {repo_id.split('/')[-1]}", "",
              f"{'A LoRA adapter' if adapter else 'A model'} fine-tuned from `{base}` with "

@@ -296,7 +296,8 @@ def check_run(cfg: RunConfig, device: str | None = None) -> None:
         except FtkitError as e:
             problems += [f"adapter_name_or_path: {p}" for p in e.problems]
     problems += _deepspeed_problems(cfg.extra.get("deepspeed"))
-    if cfg.extra.get("use_liger_kernel") and device is None and not (torch_cuda() and importlib.util.find_spec("liger_kernel")):
+    if cfg.extra.get("use_liger_kernel") and device is None and \
+            not (torch_cuda() and importlib.util.find_spec("liger_kernel")):
         problems.append("use_liger_kernel: Liger's kernels are Triton kernels for CUDA GPUs (pip install "
                         "liger-kernel there); without them the run computes the same, only slower: remove it "
                         "on this machine")

@@ -31,6 +31,11 @@ def pytest_configure(config):
     torch.set_num_threads(1)
 
 
+def pytest_collection_modifyitems(items):
+    """Tests that run llama.cpp last: .ci/run compiles it beside the suite, and by then it is built."""
+    items.sort(key=lambda item: item.get_closest_marker("llama_cpp") is not None)
+
+
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
     from ftkit.model import load_tokenizer, resolve

@@ -132,7 +132,8 @@ import ftkit
 cells = [
     "import ftkit",
     "ftkit.preview('demo', n=1)",
-    "p = ftkit.plan(dict(model_name_or_path='tiny', dataset='demo', output_dir='out/plan')); print(p.summary()['device'], p.config.fp16)",
+    "p = ftkit.plan(dict(model_name_or_path='tiny', dataset='demo', output_dir='out/plan'))",
+    "print(p.summary()['device'], p.config.fp16)",
     "ftkit.panel()",
     "%%finetune --dry-run\nmodel_name_or_path: tiny\ndataset: demo\noutput_dir: out/dry\n",
     "%%finetune --dry-run --device t4\nmodel_name_or_path: tiny\ndataset: demo\noutput_dir: out/dry\n",

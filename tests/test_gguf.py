@@ -69,6 +69,7 @@ def check_in_llama_cpp(folder: Path, files: dict[str, Path], steps: int = 6, tol
     return same
 
 
+@pytest.mark.llama_cpp
 @pytest.mark.slow
 def test_tiny_runs_in_llama_cpp_as_in_transformers(workdir):
     """The trained tiny model: llama.cpp generates transformers' greedy tokens from f16 and q8_0 files, exactly or
@@ -80,6 +81,7 @@ def test_tiny_runs_in_llama_cpp_as_in_transformers(workdir):
     assert sum(same) >= len(same) // 2
 
 
+@pytest.mark.llama_cpp
 @pytest.mark.slow
 @pytest.mark.parametrize("arch", sorted(set(ARCHS) - {"llama"}))
 def test_architectures_export_and_run_in_llama_cpp(workdir, arch, tiny_tokenizer):
@@ -90,6 +92,7 @@ def test_architectures_export_and_run_in_llama_cpp(workdir, arch, tiny_tokenizer
     check_in_llama_cpp(folder, files)
 
 
+@pytest.mark.llama_cpp
 @pytest.mark.slow
 @pytest.mark.parametrize("arch, vocab", [("phi3", "phi-3"), ("mistral", "mistral-v3"), ("qwen2", "qwen2"),
                                          ("llama", "llama-bpe")])

@@ -16,6 +16,13 @@ def test_gpu_script_skips_cleanly_without_cuda():
     assert p.returncode == 0 and "no CUDA device: GPU checks skipped" in p.stdout
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA present: the comparison runs on a lent GPU")
+def test_gpu_comparison_with_llama_factory_skips_cleanly_without_cuda():
+    p = subprocess.run([sys.executable, str(REPO / "bench" / "gpu" / "compare_gpu.py")], capture_output=True,
+                       text=True, timeout=300)
+    assert p.returncode == 0 and "no CUDA GPU here: the GPU comparison did not run" in p.stdout, p.stderr[-2000:]
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_gpu_checks(tmp_path):

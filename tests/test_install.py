@@ -133,7 +133,8 @@ import colabthing, ftkit
 print(ftkit.restart_needed())
 site = pathlib.Path({str(site)!r})
 shutil.move(site / "colabthing-1.0.dist-info", site / "colabthing-2.0.dist-info")
-(site / "colabthing-2.0.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\\nName: colabthing\\nVersion: 2.0\\n")
+meta = site / "colabthing-2.0.dist-info" / "METADATA"
+meta.write_text("Metadata-Version: 2.1\\nName: colabthing\\nVersion: 2.0\\n")
 print(ftkit.restart_needed())
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
