@@ -64,6 +64,23 @@ one activation per layer and recomputes the rest in the backward pass (about 20%
 exceeds the device's memory is refused before loading, with these levers named (`ignore_memory_estimate: true`
 tries anyway).
 
+The same plan for the GPU the run will meet: `device="t4"` (`%%finetune --dry-run --device t4`) sizes it for
+a free Colab T4, its 14.7 GiB and its precision (fp16 with loss scaling: a T4 has no bf16), from this machine.
+A run that does not fit is refused with each lever's estimate and the set of them that fits.
+为 Colab 免费 T4 估算：`device="t4"`，放不下时会列出每个办法的估算显存。
+"""),
+("code", """
+on_t4 = {**base, "bf16": False, "ignore_memory_estimate": False, "per_device_train_batch_size": 1}
+t4 = ftkit.plan({**on_t4, "quantization_bit": 4, "gradient_checkpointing": True}, device="t4")
+print(t4.summary()["device"], "|", t4.memory.text(), f"of {t4.memory_available / 2**30:.1f} GiB")
+assert t4.config.fp16 and t4.memory.total < t4.memory_available
+try:  # full fine-tuning of the 7B does not fit a T4: the refusal says what would
+    ftkit.plan({**on_t4, "finetuning_type": "full"}, device="t4")
+except ftkit.ConfigError as e:
+    print(e)
+    assert "quantization_bit: 4" in str(e) and "which fits" in str(e)
+"""),
+("markdown", """
 ## 2. QLoRA on the tiny model / 在 tiny 模型上跑 QLoRA
 
 The same run three ways. On this CPU the 4-bit kernels are slower than plain fp32 matrix products, and the tiny
