@@ -58,7 +58,7 @@ def main(argv=None) -> int:
     import torch
 
     if a.rehearse:
-        a.examples, a.rounds = min(a.examples, 24), 1
+        a.examples, a.rounds = min(a.examples, 8), 1  # one step of batch 8 each
         a.llamafactory_python = a.llamafactory_python or compare.baseline_python()
     elif not torch.cuda.is_available():
         print("no CUDA GPU here: the GPU comparison did not run (it runs on a lent GPU machine)")
