@@ -125,7 +125,11 @@ def gpu() -> Gpu | None:
         answer = _nvidia_smi("name,compute_cap,memory.total", 0)
         if answer:
             name, cap, mib = answer
-            return Gpu(name, tuple(int(x) for x in cap.split(".")), int(float(mib)) * 2**20)
+            # what torch can use: the total less what the driver and firmware keep (a T4: 15,360 MiB less 265,
+            # torch's 14.741 GiB); drivers before 510 do not report the reserve
+            reserved = _nvidia_smi("memory.reserved", 0)
+            keep = float(reserved[0]) if reserved and reserved[0].replace(".", "", 1).isdigit() else 0
+            return Gpu(name, tuple(int(x) for x in cap.split(".")), int((float(mib) - keep) * 2**20))
     props = torch.cuda.get_device_properties(0)
     return Gpu(props.name, (props.major, props.minor), props.total_memory)
 

@@ -154,7 +154,8 @@ def test_the_kernel_never_initialises_cuda(tmp_path):
     nvidia-smi (faked here: a T4)."""
     smi = tmp_path / "bin" / "nvidia-smi"
     smi.parent.mkdir()
-    smi.write_text('#!/bin/sh\ncase "$1" in *name*) echo "Tesla T4, 7.5, 15360";; *) echo "7.5";; esac\n')
+    smi.write_text('#!/bin/sh\ncase "$1" in *name*) echo "Tesla T4, 7.5, 15360";; *reserved*) echo 265;; '
+                   '*) echo "7.5";; esac\n')
     smi.chmod(0o755)
     import os
 

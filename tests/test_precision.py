@@ -68,10 +68,11 @@ def test_the_gpu_is_asked_of_nvidia_smi_so_planning_leaves_cuda_uninitialised(tm
     import torch
 
     smi = tmp_path / "nvidia-smi"
-    smi.write_text("#!/bin/sh\necho 'Tesla T4, 7.5, 15360'\n")  # --format=csv,noheader,nounits: memory in MiB
+    # --format=csv,noheader,nounits (memory in MiB); memory.reserved asked on its own (older drivers lack it)
+    smi.write_text('#!/bin/sh\ncase "$1" in *reserved*) echo 265;; *) echo "Tesla T4, 7.5, 15360";; esac\n')
     smi.chmod(0o755)
     monkeypatch.setenv("PATH", f"{tmp_path}:{__import__('os').environ['PATH']}")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: pytest.fail("CUDA queried through torch"))
-    assert M.gpu() == M.Gpu("Tesla T4", (7, 5), 15360 * 2**20)
+    assert M.gpu() == M.Gpu("Tesla T4", (7, 5), (15360 - 265) * 2**20)  # what torch reports there: 14.741 GiB
