@@ -161,13 +161,13 @@ def cmd_merge(argv: list[str]) -> int:
         from ftkit.hub import push
 
         run = Path(merged).parent if (Path(merged).parent / RUN_CONFIG).exists() else \
-            adapter_folder(a.adapter.split(",")[-1]).parent
+            adapter_folder(a.adapter.split(",")[-1]).parent if a.adapter else Path(merged)
         print(f"pushed to {push(run, a.export_hub_model_id, folder=merged)}")
     return 0
 
 
 def cmd_push(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="ftkit push RUN_DIR", description="Upload a run's adapter (or model, or "
+    p = argparse.ArgumentParser(prog="ftkit push", description="Upload a run's adapter (or model, or "
                                 "--folder merged) to the Hugging Face Hub with a model card: the run config, the "
                                 "data, the loss curve. Logged in the huggingface_hub way (HF_TOKEN, hf auth login).")
     p.add_argument("run", help="the run's output_dir")

@@ -89,6 +89,11 @@ def push(run_dir, repo_id: str | None = None, private: bool = True, folder=None)
     from ftkit.folders import trained_dir
 
     run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ModelError(f"{run_dir}: no such run folder; name a run's output_dir")
+    if folder is None and not (run_dir / RUN_CONFIG).exists():
+        raise ModelError(f"{run_dir}: not a run folder (no {RUN_CONFIG}); name a run's output_dir, or the folder "
+                         "to upload inside it with --folder")
     if repo_id is None and (run_dir / RUN_CONFIG).exists():
         repo_id = (yaml.safe_load((run_dir / RUN_CONFIG).read_text(encoding="utf-8")) or {}).get("hub_model_id")
     if not repo_id:

@@ -133,6 +133,8 @@ def test_a_failed_push_keeps_the_run_and_says_how_to_retry(workdir, monkeypatch)
     monkeypatch.setattr(huggingface_hub, "HfApi", Unreachable)
     from ftkit.hub import push
 
+    with pytest.raises(ModelError, match="not a run folder"):
+        push(workdir, "me/x")
     with pytest.raises(ModelError, match=r"push to me/x failed \(Connection refused\); .* is kept: run `ftkit push "
                                          r".* --hub_model_id me/x` to try again"):
         push(workdir / "run", "me/x")
