@@ -66,11 +66,12 @@ def model_card(run_dir: Path, folder: Path, repo_id: str) -> str:
              f"# {repo_id.split('/')[-1]}", "",
              f"{'A LoRA adapter' if adapter else 'A model'} fine-tuned from `{base}` with "
              f"[ftkit]: {begin.get('finetuning', config.get('finetuning_type', ''))}.", "",
-             "```python", use, "```", "", "## Data", ""]
+             "```python", use, "```"]
     data = config.get("dataset")
-    lines.append(f"`{data}`: {begin.get('examples', '?'):,} {begin.get('unit', 'examples')}, "
-                 f"{begin.get('tokens', 0):,} tokens ({begin.get('trained_tokens', 0):,} trained), "
-                 f"cutoff_len {config.get('cutoff_len')}." if begin else f"`{data}`.")
+    if data:
+        lines += ["", "## Data", "", f"`{data}`: {begin.get('examples', '?'):,} {begin.get('unit', 'examples')}, "
+                  f"{begin.get('tokens', 0):,} tokens ({begin.get('trained_tokens', 0):,} trained), "
+                  f"cutoff_len {config.get('cutoff_len')}." if begin else f"`{data}`."]
     if steps:
         every = max(1, len(steps) // 20)
         shown = steps[::every] + ([steps[-1]] if (len(steps) - 1) % every else [])
