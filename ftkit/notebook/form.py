@@ -26,6 +26,20 @@ def _guarded(method):
     return wrapper
 
 
+def tooltip(cls, text: str) -> dict:
+    """The keyword a widget class takes its tooltip by: `tooltip` (ipywidgets 8), or `description_tooltip` (7,
+    which Colab ships)."""
+    return {"tooltip" if "tooltip" in cls.class_trait_names() else "description_tooltip": text}
+
+
+def uploaded_files(value) -> list[tuple[str, bytes]]:
+    """(name, content) of each file a FileUpload holds: ipywidgets 8 gives a tuple of {name, content, ...}; 7
+    (Colab's) a dict name -> {metadata, content}."""
+    if isinstance(value, dict):
+        return [(name, bytes(f["content"])) for name, f in value.items()]
+    return [(f["name"], bytes(f["content"])) for f in value]
+
+
 class ConfigForm:
     """Widgets for the common keys; `yaml()` / `config()` read them, `set_config()` writes them."""
 
@@ -39,7 +53,7 @@ class ConfigForm:
         style, layout = {"description_width": "150px"}, w.Layout(width="460px")
 
         def box(cls, key, **kw):
-            return cls(description=key, tooltip=tip(key), style=style, layout=layout, **kw)
+            return cls(description=key, **tooltip(cls, tip(key)), style=style, layout=layout, **kw)
 
         known = sorted(json.loads((bundled_data_dir() / "dataset_info.json").read_text("utf-8")))
         d = self.defaults
@@ -49,7 +63,7 @@ class ConfigForm:
                            placeholder="a name from dataset_info.json, or a file path"),
             "template": box(w.Dropdown, "template", options=["auto", *TEMPLATES], value=d.template),
             "method": w.Dropdown(description="method", options=list(METHODS), value="LoRA", style=style, layout=layout,
-                                 tooltip=tip("finetuning_type") + " QLoRA: " + tip("quantization_bit")),
+                                 **tooltip(w.Dropdown, tip("finetuning_type") + " QLoRA: " + tip("quantization_bit"))),
             "lora_rank": box(w.BoundedIntText, "lora_rank", value=d.lora_rank, min=1, max=4096),
             "lora_alpha": box(w.Text, "lora_alpha", value="", placeholder="default: 2 x lora_rank"),
             "lora_target": box(w.Text, "lora_target", value=str(d.lora_target)),
@@ -62,11 +76,13 @@ class ConfigForm:
             "max_steps": box(w.IntText, "max_steps", value=d.max_steps),
             "cutoff_len": box(w.BoundedIntText, "cutoff_len", value=d.cutoff_len, min=1, max=10**6),
             "precision": w.Dropdown(description="precision", options=list(PRECISIONS), value="fp32", style=style,
-                                    layout=layout, tooltip=f"fp32 | bf16: {tip('bf16')} | fp16: {tip('fp16')}"),
+                                    layout=layout,
+                                    **tooltip(w.Dropdown, f"fp32 | bf16: {tip('bf16')} | fp16: {tip('fp16')}")),
             "output_dir": box(w.Text, "output_dir", value="", placeholder=tip("output_dir")),
         }
         self.upload = w.FileUpload(accept=".json,.jsonl,.csv,.parquet", description="upload data",
-                                   tooltip="pick a data file on your computer: it is saved in data/ and used")
+                                   **tooltip(w.FileUpload, "pick a data file on your computer: it is saved in data/ "
+                                                           "and used"))
         self.upload.observe(self._uploaded, names="value")
         self.yaml_view = w.HTML()
         self.message = w.HTML()
@@ -121,12 +137,12 @@ class ConfigForm:
     def _uploaded(self, change) -> None:
         from pathlib import Path
 
-        for f in change["new"]:
-            path = Path("data") / Path(f["name"]).name
+        for name, content in uploaded_files(change["new"]):
+            path = Path("data") / Path(name).name
             path.parent.mkdir(exist_ok=True)
-            path.write_bytes(bytes(f["content"]))
+            path.write_bytes(content)
             self.widgets["dataset"].value = str(path)
-            self.message.value = f"saved {html.escape(str(path))} ({len(f['content']):,} bytes); Validate checks it"
+            self.message.value = f"saved {html.escape(str(path))} ({len(content):,} bytes); Validate checks it"
 
     def _refresh(self) -> None:
         self.yaml_view.value = (f"<pre style='margin-left:1em;padding:6px;background:#f6f6f6'>%%finetune\n"
