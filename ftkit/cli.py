@@ -45,21 +45,15 @@ def cmd_train(argv: list[str]) -> int:
         return 0
     dry_run = "--dry-run" in argv
     argv = [a for a in argv if a != "--dry-run"]
-    device = None
-    if "--device" in argv:
-        i = argv.index("--device")
-        if i + 1 >= len(argv) or not dry_run:
-            raise ConfigError("--device: plans a run for a device (--dry-run --device t4); training runs on the "
-                              "device this machine has")
-        device, argv = argv[i + 1], argv[:i] + argv[i + 2:]
-    nproc = 1
-    if "--nproc" in argv:
-        i = argv.index("--nproc")
-        try:
-            nproc = int(argv[i + 1])
-        except (IndexError, ValueError):
-            raise ConfigError("--nproc: expected a number of processes, e.g. --nproc 2") from None
-        argv = argv[:i] + argv[i + 2:]
+    device, argv = _take(argv, "--device")
+    if device is not None and not (device and dry_run):
+        raise ConfigError("--device: plans a run for a device (--dry-run --device t4); training runs on the "
+                          "device this machine has")
+    nproc, argv = _take(argv, "--nproc")
+    try:
+        nproc = 1 if nproc is None else int(nproc)
+    except ValueError:
+        raise ConfigError("--nproc: expected a number of processes, e.g. --nproc 2") from None
     source, rest = ({}, argv)
     if argv and not argv[0].startswith("--") and "=" not in argv[0]:
         source, rest = Path(argv[0]), argv[1:]
@@ -95,6 +89,14 @@ def cmd_train(argv: list[str]) -> int:
         print(f"stopped early; what was trained is saved in {run.adapter_dir}", file=sys.stderr)
         return 130
     return 0
+
+
+def _take(argv: list[str], flag: str) -> tuple[str | None, list[str]]:
+    """A flag's value ("" when it ends the line; None when the flag is absent) and the words without the two."""
+    if flag not in argv:
+        return None, argv
+    i = argv.index(flag)
+    return (argv[i + 1] if i + 1 < len(argv) else ""), argv[:i] + argv[i + 2:]
 
 
 def _group_replace(argv: list[str]) -> list[str]:
@@ -137,15 +139,12 @@ def cmd_merge(argv: list[str]) -> int:
     p.add_argument("--export_hub_model_id", help="upload the merged model (with a model card) to this Hub repository")
     p.add_argument("--trust_remote_code", type=_flag, default=False)
     a = parse_with_yaml(p, argv)
-    from types import SimpleNamespace
-
     from ftkit.hub import push_problems
 
     problems = [m for m in (
         not (a.adapter or a.base) and "adapter_name_or_path (--adapter): missing; name the adapter or run folder",
         a.export_legacy_format and "export_legacy_format: true asks for .bin weights; ftkit writes safetensors only",
-        *(push_problems(SimpleNamespace(push_to_hub=True, hub_model_id=a.export_hub_model_id))
-          if a.export_hub_model_id else []),
+        *(push_problems(a.export_hub_model_id) if a.export_hub_model_id else []),
         not a.adapter and a.base and not a.out and "export_dir (--out): missing; where should the model be saved?")
         if m]
     if problems:

@@ -20,15 +20,14 @@ def offline() -> bool:
     return any(os.environ.get(v, "").lower() in OFF for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
 
 
-def push_problems(cfg) -> list[str]:
-    """What stops a push, known before training (so a run never trains to fail at its upload)."""
-    if not cfg.push_to_hub:
-        return []
+def push_problems(repo_id: str | None) -> list[str]:
+    """What stops a push to `repo_id`, known before training or merging (so a run never trains to fail at its
+    upload)."""
     later = "set push_to_hub: false and upload the run later with `ftkit push RUN_DIR --hub_model_id USER/NAME`"
     if offline():
         return [f"push_to_hub: this machine is offline for the Hub (HF_HUB_OFFLINE=1); {later}"]
     problems = []
-    if not cfg.hub_model_id or cfg.hub_model_id.count("/") != 1:
+    if not repo_id or repo_id.count("/") != 1:
         problems.append("hub_model_id: name the Hub repository to push to, as USER/NAME (e.g. hub_model_id: "
                         "your-name/qwen2.5-7b-lora)")
     from huggingface_hub import get_token
@@ -39,15 +38,11 @@ def push_problems(cfg) -> list[str]:
     return problems
 
 
-def model_card(run_dir: Path, folder: Path, repo_id: str) -> str:
-    """README.md for the uploaded folder: front matter the Hub reads, how to use it, the run config, the data and
-    the loss curve (from the run's run.yaml and metrics.jsonl)."""
+def model_card(run_dir: Path, folder: Path, repo_id: str, config: dict) -> str:
+    """README.md for the uploaded folder: front matter the Hub reads, how to use it, the run config (`config`, the
+    run's run.yaml), the data and the loss curve (from its metrics.jsonl)."""
     import yaml
 
-    from ftkit.config import RUN_CONFIG
-
-    config = yaml.safe_load((run_dir / RUN_CONFIG).read_text(encoding="utf-8")) if (run_dir / RUN_CONFIG).exists() \
-        else {}
     events = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
               if line.strip()] if (run_dir / "metrics.jsonl").exists() else []
     begin = next((e for e in events if e["kind"] == "begin"), {})
@@ -95,15 +90,15 @@ def push(run_dir, repo_id: str | None = None, private: bool = True, folder=None)
     if folder is None and not (run_dir / RUN_CONFIG).exists():
         raise ModelError(f"{run_dir}: not a run folder (no {RUN_CONFIG}); name a run's output_dir, or the folder "
                          "to upload inside it with --folder")
-    if repo_id is None and (run_dir / RUN_CONFIG).exists():
-        repo_id = (yaml.safe_load((run_dir / RUN_CONFIG).read_text(encoding="utf-8")) or {}).get("hub_model_id")
+    config = (yaml.safe_load((run_dir / RUN_CONFIG).read_text(encoding="utf-8")) or {}) \
+        if (run_dir / RUN_CONFIG).exists() else {}
+    repo_id = repo_id or config.get("hub_model_id")
     if not repo_id:
         raise ModelError(f"{run_dir}: name the Hub repository (hub_model_id: USER/NAME, or --hub_model_id)")
     if folder is None:
         from ftkit.config import RunConfig
 
-        folder = trained_dir(RunConfig.from_dict(yaml.safe_load((run_dir / RUN_CONFIG).read_text(encoding="utf-8"))),
-                             run_dir)
+        folder = trained_dir(RunConfig.from_dict(config), run_dir)
     folder = Path(folder)
     if not folder.is_dir():
         raise ModelError(f"{folder}: nothing to upload there (no trained adapter or model)")
@@ -112,7 +107,7 @@ def push(run_dir, repo_id: str | None = None, private: bool = True, folder=None)
                          f"`ftkit push {run_dir} --hub_model_id {repo_id}` where the Hub is reachable")
     from huggingface_hub import CommitOperationAdd, HfApi
 
-    card = model_card(run_dir, folder, repo_id)
+    card = model_card(run_dir, folder, repo_id, config)
     files = [p for p in sorted(folder.rglob("*")) if p.is_file() and not p.name.startswith(".")]
     operations = [CommitOperationAdd(str(p.relative_to(folder)), str(p)) for p in files if p.name != "README.md"]
     operations.append(CommitOperationAdd("README.md", card.encode("utf-8")))

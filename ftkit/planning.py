@@ -38,7 +38,7 @@ class Plan:
     max_steps: int
     memory: Any          # memory.Estimate
     memory_available: int
-    args: Any            # transformers.TrainingArguments
+    args: Any            # transformers.TrainingArguments (None for a plan only, where building them would set up CUDA)
     memory_note: str = ""
     device: str = ""     # where the run is sized for: "cpu", "cuda", or a GPU named with --device
 
@@ -64,10 +64,11 @@ class Plan:
 
 
 @quiet()
-def plan(config, device: str | None = None) -> Plan:
+def plan(config, device: str | None = None, training: bool = False) -> Plan:
     """Check, tokenize and size a run without loading weights; refuses runs that cannot learn or cannot fit.
     `device` (t4, l4, a10g, a100-40g, a100-80g, h100, cpu) sizes it for that device instead of this machine: its
-    memory, its precision; a run that does not fit is refused with the levers that would make it fit."""
+    memory, its precision; a run that does not fit is refused with the levers that would make it fit. `training`:
+    this process trains the run next (its TrainingArguments, which set up the device, are built here)."""
     cfg = load_config(config)
     from ftkit import data, memory, model as M, templates
 
@@ -125,9 +126,10 @@ def plan(config, device: str | None = None) -> Plan:
         per_epoch = math.ceil(len(prepared.train) / (cfg.per_device_train_batch_size * world))
         max_steps = math.ceil(math.ceil(per_epoch / cfg.gradient_accumulation_steps) * cfg.num_train_epochs)
     args = None
-    if device is None and not cuda_untouched():
+    if training or (device is None and not cuda_untouched()):
         args = training_arguments(cfg, max_steps, evaluate=bool(prepared.eval))
-    else:  # the keys checked as on a CPU: TrainingArguments sets up its device, which would initialise CUDA
+    else:  # a plan only, in a process that leaves CUDA alone (a notebook's kernel) or sized for another device:
+        # the keys checked as on a CPU, since TrainingArguments sets up its device (which would initialise CUDA)
         cpu = dataclasses.replace(cfg, fp16=False, bf16=False, pure_bf16=False)
         training_arguments(cpu, max_steps, evaluate=bool(prepared.eval), cpu=True)
     return Plan(cfg, model_path, tokenizer, template, prepared, sizer.counts(cfg), max_steps, estimate, budget,
@@ -157,9 +159,11 @@ class Sizer:
     """A run's peak memory for variants of its config (the levers): its data's lengths, the model's shape."""
 
     def __init__(self, cfg: RunConfig, model_path: str, tokenizer, skeleton, stats, gpu=None):
+        from ftkit import memory
+
         self.model_path, self.tokenizer, self.stats, self.gpu = model_path, tokenizer, stats, gpu
         self.model_config = skeleton.config
-        self._skeletons = {self._shape(cfg): skeleton}
+        self._counts = {self._shape(cfg): memory.model_counts(skeleton)}  # per shape: each is counted once
 
     @staticmethod
     def _shape(c: RunConfig):  # what decides which parameters train
@@ -169,9 +173,9 @@ class Sizer:
         from ftkit import memory, model as M
 
         key = self._shape(c)
-        if key not in self._skeletons:
-            self._skeletons[key] = M.skeleton(c, self.model_path, self.tokenizer)
-        return memory.model_counts(self._skeletons[key])
+        if key not in self._counts:
+            self._counts[key] = memory.model_counts(M.skeleton(c, self.model_path, self.tokenizer))
+        return self._counts[key]
 
     def __call__(self, c: RunConfig):
         from ftkit import memory
@@ -327,7 +331,7 @@ def check_run(cfg: RunConfig, device: str | None = None) -> None:
                         "picks there)")
     from ftkit.hub import push_problems
 
-    problems += push_problems(cfg)
+    problems += push_problems(cfg.hub_model_id) if cfg.push_to_hub else []
     out = cfg.run_dir
     if cfg.resume_from_checkpoint is True and not list(out.glob("checkpoint-*")):
         problems.append(f"resume_from_checkpoint: {out} has no checkpoint-N folder to resume from; "

@@ -20,7 +20,7 @@ from ftkit.config import ADAPTER_CONFIG, PREFERENCE_STAGES, RUN_CONFIG, TRL_STAG
 from ftkit.errors import ConfigError, RunError
 from ftkit.events import ConsoleProgress, Emitter, JsonlLog, LossPlot, RunMetrics
 from ftkit.folders import partial_dir, replace_dir, trained_dir
-from ftkit.planning import Plan, load_config, plan, training_arguments
+from ftkit.planning import Plan, load_config, plan
 from ftkit.templates import chat_template_to_save
 
 
@@ -79,10 +79,8 @@ def _train(cfg: RunConfig, callbacks, console: bool, should_stop) -> Run:
 
     from ftkit import model as M
 
-    p = plan(cfg)
+    p = plan(cfg, training=True)  # with the TrainingArguments: on a GPU they set up the device, once
     cfg = p.config  # with what the plan decided (gradient checkpointing when it was left unset)
-    if p.args is None:  # planned where CUDA was left uninitialised: the arguments are built where the run trains
-        p.args = training_arguments(cfg, p.max_steps, evaluate=bool(p.data.eval))
     out, tokenizer = cfg.run_dir, p.tokenizer
 
     set_seed(cfg.seed)  # LoRA's initial weights come from the global RNG: seed before adapting
