@@ -10,6 +10,8 @@ from __future__ import annotations
 import sys
 from importlib import metadata
 
+from packaging.version import InvalidVersion, Version
+
 
 def stale_modules() -> list[tuple[str, str, str]]:
     """(distribution, version loaded in this process, version installed now) for each imported package whose
@@ -28,9 +30,20 @@ def stale_modules() -> list[tuple[str, str, str]]:
                 installed = metadata.version(dist)
             except metadata.PackageNotFoundError:
                 continue
-            if installed.split("+")[0] != loaded.split("+")[0]:
+            if not same_release(loaded, installed):
                 stale.append((dist, loaded, installed))
     return sorted(stale)
+
+
+def same_release(a: str, b: str) -> bool:
+    """Whether a module's own version string and its installed metadata name one release. Packages spell
+    them differently: certifi's module says 2026.05.20 for metadata 2026.5.20, and 2026.10.19 for
+    2026.10.19.post1; torch's metadata carries +cu128. So epoch, release and pre-release are compared."""
+    try:
+        va, vb = Version(a), Version(b)
+    except InvalidVersion:
+        return a.split("+")[0] == b.split("+")[0]
+    return (va.epoch, va.release, va.pre) == (vb.epoch, vb.release, vb.pre)
 
 
 def restart_needed() -> str:

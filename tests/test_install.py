@@ -117,6 +117,19 @@ def test_torch_is_a_wide_requirement_and_the_cpu_pin_stays_out_of_the_package():
     assert "pip install torch==2.13.0" in README  # the CPU instructions carry the pin
 
 
+def test_a_version_spelled_two_ways_is_one_release():
+    """certifi's module says 2026.05.20 where its metadata says 2026.5.20 (seen in CI), and 2026.10.19 for
+    2026.10.19.post1 (installed here): not a replaced package."""
+    from ftkit.installing import same_release
+    assert same_release("2026.05.20", "2026.5.20")
+    assert same_release("2026.10.19", "2026.10.19.post1")
+    assert not same_release("5.0.0rc1", "5.0.0")
+    assert same_release("2.11.0+cu128", "2.11.0")
+    assert not same_release("2026.05.20", "2026.5.21")
+    assert not same_release("1.0", "2.0")
+    assert same_release("weird-1", "weird-1") and not same_release("weird-1", "weird-2")
+
+
 def test_restart_needed_says_so_from_what_the_kernel_loaded(tmp_path):
     """A package loaded, then replaced by pip with another version, as an install cell does."""
     site = tmp_path / "site"
