@@ -6,8 +6,10 @@
 The model is a random-initialised copy of a real one (its published config.json, tests/fixtures/models; no
 download) with the embedded tokenizer; the data, the run (1 epoch, LoRA r=8 on every projection, batch 8, cutoff
 512, lr 1e-3, cosine; bf16 where the GPU has it, else fp16) and the measuring patches on transformers.Trainer are
-bench/compare.py's. Per contender: tokens/s, time to the first step, peak GPU memory allocated and reserved, train
-loss. Prints ratios and writes bench/results/compare-gpu-<device>-<date>.json.
+bench/compare.py's. ftkit runs twice: as planned (gradient checkpointing only where the run would not fit
+otherwise) and with gradient_checkpointing: true, as LLaMA-Factory runs by default (like for like in memory). Per
+contender: tokens/s, time to the first step, peak GPU memory allocated and reserved, train loss. Prints ratios
+and writes bench/results/compare-gpu-<device>-<date>.json.
 
 LLaMA-Factory runs from this Python when it can import llamafactory, else from --llamafactory-python. The lent GPU
 machine reaches no network: carry llamafactory==0.9.5 and the packages it needs as wheels (the device tool's
@@ -52,7 +54,7 @@ def main(argv=None) -> int:
     p.add_argument("--examples", type=int, default=2000)
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--llamafactory-python", type=Path, default=None)
-    p.add_argument("--rehearse", action="store_true", help="run the whole script on this CPU (fp32, few examples), "
+    p.add_argument("--rehearse", action="store_true", help="run the whole script on this CPU (bf16, few examples), "
                    "LLaMA-Factory from bench/compare.py's virtualenv: proves it before GPU time is spent")
     a = p.parse_args(argv)
     import torch
@@ -79,13 +81,16 @@ def main(argv=None) -> int:
                 continue
             cfg = {**cfg, "use_cpu": a.rehearse, **precision}
         else:
-            cfg = {**cfg, "precision": "fp32" if a.rehearse else "bf16" if bf16 else "fp16"}
+            # on a CPU LLaMA-Factory computes in the saved model's dtype (bf16): the rehearsal does the same
+            cfg = {**cfg, "precision": "bf16" if a.rehearse or bf16 else "fp16"}
         contenders[name] = (tool, cfg, lf_python if tool == "llamafactory" else Path(sys.executable))
+        if name == "ftkit":  # LLaMA-Factory checkpoints by default; ftkit only where the plan needs it
+            contenders["ftkit-checkpointing"] = (tool, {**cfg, "gradient_checkpointing": True}, Path(sys.executable))
     if lf_python is None:
         print("LLaMA-Factory is not importable here (pip install llamafactory==0.9.5, or --llamafactory-python): "
               "measuring ftkit alone")
-    print(f"{gpu}, {'fp32' if a.rehearse else 'bf16' if bf16 else 'fp16'}; {a.shape} shape; {a.examples} chats, tokens per example median "
-          f"{data['tokens_median']}, max {data['tokens_max']}", flush=True)
+    print(f"{gpu}, {'bf16' if a.rehearse or bf16 else 'fp16'}; {a.shape} shape; {a.examples} chats, tokens per "
+          f"example median {data['tokens_median']}, max {data['tokens_max']}", flush=True)
     runs = []
     for round_ in range(a.rounds):
         order = list(contenders) if round_ % 2 == 0 else list(reversed(contenders))
@@ -100,10 +105,10 @@ def main(argv=None) -> int:
                   f"peak {'RSS' if a.rehearse else 'allocated'} {r['peak_allocated_mib']:7.0f} MiB", flush=True)
     keys = ("train_s", "first_step_s", "tokens_per_s", "peak_allocated_mib", "peak_reserved_mib", "train_loss")
     summary = {n: {k: statistics.median(r[k] for r in runs if r["name"] == n) for k in keys} for n in contenders}
-    for name, s in summary.items():
-        if name != "ftkit":
-            f = summary["ftkit"]
-            print(f"ftkit vs {name}: {f['tokens_per_s'] / s['tokens_per_s']:.2f}x the tokens/s, time to first step "
+    for mine in (n for n in summary if n.startswith("ftkit")):
+        for name, s in ((n, s) for n, s in summary.items() if not n.startswith("ftkit")):
+            f = summary[mine]
+            print(f"{mine} vs {name}: {f['tokens_per_s'] / s['tokens_per_s']:.2f}x the tokens/s, time to first step "
                   f"{f['first_step_s'] / s['first_step_s']:.2f}x, peak allocated "
                   f"{f['peak_allocated_mib'] / s['peak_allocated_mib']:.2f}x")
     if a.rehearse:
